@@ -1,0 +1,191 @@
+"""CORECT: shapes, gradients, ablation switches, modality subsets, parameter count, a short fit."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from merc.config import ConfigError
+from merc.data.dataset import DatasetMeta, MercData
+from merc.data.format import Dialogue, Manifest, write_dataset
+from merc.models import build_model, get_entry
+from merc.models.corect import CorectConfig
+from merc.train import TrainConfig, fit, resolve_config
+
+DIMS = {"audio": 12, "text": 16, "visual": 10}
+SMALL = dict(hidden_size=8, gt_heads=2, pcm_heads=2, self_att_heads=2, text_encoder_heads=2,
+             text_encoder_ff=16, text_encoder_layers=1, pcm_layers=1, self_att_layers=1,
+             window_past=2, window_future=1)
+
+
+def _dialogues(rng, count, dims, num_classes=3, num_speakers=2, lengths=None):
+    out = []
+    for i in range(count):
+        n = lengths[i] if lengths else int(rng.integers(1, 7))
+        labels = rng.integers(0, num_classes, n)
+        feats = {m: (rng.normal(size=(n, d)) + labels[:, None] * 0.5).astype(np.float32)
+                 for m, d in dims.items()}
+        out.append(Dialogue(f"d{i}", feats, rng.integers(0, num_speakers, n), labels))
+    return out
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny tensors on a shared 2-core box: one intra-op thread is far faster than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_corect")
+    rng = np.random.default_rng(0)
+    man = Manifest(name="tiny", family="iemocap6", num_classes=3, label_names=["a", "b", "c"],
+                   modalities=DIMS, num_speakers=2, splits={})
+    write_dataset(root, man, {"train": _dialogues(rng, 8, DIMS, lengths=[1, 5, 3, 6, 2, 4, 6, 5]),
+                              "valid": _dialogues(rng, 3, DIMS), "test": _dialogues(rng, 3, DIMS)})
+    return root
+
+
+def _batch(root, modalities="ATV", missing_rate=0.0, idx=(0, 1, 2, 3)):
+    data = MercData(root, modalities, missing_rate=missing_rate)
+    return data, data["train"].batch(list(idx))
+
+
+def _model(data, **kw):
+    torch.manual_seed(0)
+    return build_model("corect", CorectConfig(**(SMALL | kw)), data.meta)
+
+
+def _check(out, batch, C=3):
+    B, N = batch.mask.shape
+    assert out.logits.shape == (B, N, C)
+    assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.parametrize("mods", ["T", "A", "AT", "TV", "ATV"])
+def test_shapes_modality_subsets(tiny, mods):
+    data, batch = _batch(tiny, mods)
+    model = _model(data)
+    out = model(batch)
+    _check(out, batch)
+    model.eval()
+    _check(model(batch), batch)
+
+
+def test_every_parameter_gets_a_gradient(tiny):
+    data, batch = _batch(tiny, "ATV", idx=(1, 3, 5, 7))   # lengths >= 2: every relation present
+    model = _model(data)
+    model.train()
+    out = model(batch)
+    out.logits[batch.mask].sum().backward()
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or p.grad.abs().sum() == 0]
+    assert not missing, missing
+
+
+def test_length_one_dialogue(tiny):
+    for mods in ("T", "ATV"):
+        data, batch = _batch(tiny, mods, idx=(0,))   # the train dialogue of length 1
+        assert batch.lengths.tolist() == [1]
+        model = _model(data)
+        model.train()
+        out = model(batch)
+        _check(out, batch)
+        out.logits.sum().backward()
+        model.eval()
+        _check(model(batch), batch)
+
+
+@pytest.mark.parametrize("switch", [dict(use_rtgcn=False), dict(use_pcm=False),
+                                    dict(use_multi_relations=False),
+                                    dict(use_temporal_relations=False), dict(use_speaker=False),
+                                    dict(use_rtgcn=False, use_pcm=False),
+                                    dict(window_semantics="reference"),
+                                    dict(window_past=-1, window_future=0),
+                                    dict(speaker_ratio=0.3)])
+def test_ablation_switches(tiny, switch):
+    data, batch = _batch(tiny, "ATV")
+    model = _model(data, **switch)
+    out = model(batch)
+    _check(out, batch)
+    out.logits[batch.mask].sum().backward()
+    if switch.get("use_rtgcn") is False:
+        assert not hasattr(model, "rgcn")
+    if switch.get("use_pcm") is False:
+        assert model.pcm is None
+    if switch.get("use_speaker") is False:
+        assert model.speaker is None
+    if switch.get("use_multi_relations") is False:
+        assert model.num_relations == 9
+    if switch.get("use_temporal_relations") is False:
+        assert model.num_relations == 9     # 3 self + 6 cross
+
+
+def test_missing_modalities(tiny):
+    data, batch = _batch(tiny, "ATV", missing_rate=0.5)
+    assert not batch.present[batch.mask].all()
+    model = _model(data)
+    _check(model(batch), batch)
+    # a dialogue whose text is missing everywhere still attends somewhere (no NaN)
+    batch.present[0, :, 1] = False
+    batch.features["text"][0] = 0
+    _check(model(batch), batch)
+
+
+def test_padding_does_not_change_outputs(tiny):
+    data, batch = _batch(tiny, "ATV", idx=(2,))
+    _, big = _batch(tiny, "ATV", idx=(2, 3))         # dialogue 2 padded to 6 in a bigger batch
+    model = _model(data)
+    model.eval()
+    a = model(batch).logits[0, :3]
+    b = model(big).logits[0, :3]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_config_and_registry():
+    entry = get_entry("corect")
+    assert entry.config_cls is CorectConfig
+    overlap = set(CorectConfig.model_fields) & set(TrainConfig.model_fields)
+    assert not overlap
+    t, m = resolve_config("corect", {}, "iemocap6")
+    assert (t.lr, t.batch_size, m.window_past, m.window_future, m.gt_heads, m.pcm_heads,
+            m.dropout) == (3e-4, 10, 11, 9, 7, 2, 0.5)
+    t, m = resolve_config("corect", {}, "mosei")
+    assert (t.lr, m.window_past, m.window_future) == (6e-4, 5, 4)
+    t, m = resolve_config("corect", {}, "iemocap4")
+    assert t.lr == 3e-4
+    with pytest.raises(ConfigError):
+        resolve_config("corect", {"window_semantics": "bogus"})
+    with pytest.raises(ConfigError):
+        resolve_config("corect", {"window_past": -3})
+
+
+def test_param_count_iemocap6_defaults(capsys):
+    meta = DatasetMeta("iemocap6", "iemocap6", ("audio", "text", "visual"),
+                       {"audio": 100, "text": 768, "visual": 512}, 6, 2, tuple("abcdef"),
+                       (1.0,) * 6, "x")
+    _, cfg = resolve_config("corect", {}, "iemocap6")
+    model = build_model("corect", cfg, meta)
+    n = sum(p.numel() for p in model.parameters())
+    parts = {name: sum(p.numel() for p in mod.parameters())
+             for name, mod in model.named_children()}
+    with capsys.disabled():
+        print(f"\nCORECT parameters at IEMOCAP-6 defaults (a100 t768 v512, 6 classes): {n:,} "
+              f"{parts}")
+    assert model.num_relations == 15
+    assert model.fc.in_features == 3 * 7 * 100 + 6 * 100
+    assert 5_000_000 < n < 20_000_000
+
+
+def test_short_fit_end_to_end(tiny):
+    train, mcfg = resolve_config("corect", SMALL | {"epochs": 2, "batch_size": 4, "lr": 1e-3,
+                                                    "modalities": "ATV", "threads": 1}, "iemocap6")
+    data = MercData(tiny, train.modalities)
+    res = fit("corect", data, train, mcfg)
+    assert res.status == "completed", res.reason
+    assert len(res.history) == 2
+    assert np.isfinite(res.history[-1]["train_loss"])
+    assert res.best_epoch >= 0 and res.num_params > 0
