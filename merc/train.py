@@ -169,7 +169,7 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
                 loss = loss + out.aux_loss
             if not torch.isfinite(loss):
                 status = "diverged"
-                reason = f"non-finite training loss ({float(loss)}) at epoch {epoch} batch {b}"
+                reason = f"non-finite training loss ({float(loss.detach())}) at epoch {epoch} batch {b}"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -177,7 +177,7 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
                 torch.nn.utils.clip_grad_norm_(params, train.clip_grad_norm)
             strategy.after_backward(epoch, model, out, batch)
             opt.step()
-            loss_sum += float(loss) * int(keep.sum())
+            loss_sum += float(loss.detach()) * int(keep.sum())
             n_utt += int(keep.sum())
         if status == "diverged":
             break

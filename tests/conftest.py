@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny synthetic datasets written once per session."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread (and the suite shares 2 cores with Ray trials)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """The ``tiny`` synthetic preset in the canonical format."""
+    from merc.data.synthetic import synth
+    path = tmp_path_factory.mktemp("tiny")
+    synth(path, "tiny", seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_dir(tmp_path_factory):
+    """A small IEMOCAP-shaped dataset (small dims) on which models can learn in seconds."""
+    from merc.data.synthetic import PRESETS, synth
+    cfg = PRESETS["iemocap6"].model_copy(update={
+        "name": "synthetic-small", "dialogues": {"train": 40, "valid": 10, "test": 12},
+        "utterances": None, "length_mean": 20.0, "length_min": 4, "length_max": 40,
+        "dims": {"audio": 16, "text": 32, "visual": 24}, "latent_dim": 12})
+    path = tmp_path_factory.mktemp("small")
+    synth(path, cfg, seed=0)
+    return path
+
+
+# ---- sweep-layer fixtures (session-scoped Ray etc.) live below this line ----
