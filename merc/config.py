@@ -49,25 +49,32 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def route_flat(flat: dict[str, Any], sections: dict[str, type[StrictConfig]],
+               source: str = "overrides") -> dict[str, dict[str, Any]]:
+    """Route flat (or ``section.key``) keys to typed config sections; unknown keys raise
+    :class:`ConfigError` naming the source and the key."""
+    owner: dict[str, str] = {}
+    for sec, cls in sections.items():
+        for name in cls.model_fields:
+            if name in owner:  # a programming error, caught by the registry tests
+                raise RuntimeError(f"{cls.__name__} redefines {owner[name]} key {name!r}")
+            owner[name] = sec
+    out: dict[str, dict[str, Any]] = {sec: {} for sec in sections}
+    for key, value in flat.items():
+        section, _, name = key.rpartition(".")
+        sec = owner.get(name)
+        if sec is None or section not in ("", sec):
+            raise ConfigError(f"{source}: unknown key {key!r}; known keys: "
+                              f"{', '.join(sorted(owner))}")
+        out[sec][name] = value
+    return out
+
+
 def split_flat(flat: dict[str, Any], train_cls: type[StrictConfig], model_cls: type[StrictConfig],
                source: str = "overrides") -> tuple[dict[str, Any], dict[str, Any]]:
     """Route flat keys to the train or model config; unknown keys raise :class:`ConfigError`."""
-    train_fields, model_fields = set(train_cls.model_fields), set(model_cls.model_fields)
-    clash = train_fields & model_fields
-    if clash:  # a programming error, caught by the registry tests
-        raise RuntimeError(f"{model_cls.__name__} redefines training keys {sorted(clash)}")
-    train, model = {}, {}
-    for key, value in flat.items():
-        section, _, name = key.rpartition(".")
-        if section in ("", "train") and name in train_fields and section != "model":
-            train[name] = value
-        elif section in ("", "model") and name in model_fields:
-            model[name] = value
-        else:
-            known = sorted(train_fields | model_fields)
-            raise ConfigError(f"{source}: unknown key {key!r} for model config "
-                              f"{model_cls.__name__}; known keys: {', '.join(known)}")
-    return train, model
+    r = route_flat(flat, {"train": train_cls, "model": model_cls}, source)
+    return r["train"], r["model"]
 
 
 def build_config(cls: type[StrictConfig], values: dict[str, Any], source: str) -> Any:

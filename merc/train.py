@@ -19,11 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from merc.config import ModelConfig, StrictConfig, build_config, split_flat
+from pydantic import SerializeAsAny
+
+from merc.config import ConfigError, ModelConfig, StrictConfig, build_config, route_flat
 from merc.data.dataset import Batch, DialogueSplit, MercData
 from merc.metrics import classification_metrics
 from merc.models import build_model, get_entry
-from merc.strategies import Strategy, build_strategy
+from merc.strategies import Strategy, build_strategy, strategy_config_cls
 
 
 class TrainConfig(StrictConfig):
@@ -44,7 +46,8 @@ class TrainConfig(StrictConfig):
     modalities: str = "ATV"          # any of A, T, V, AT, AV, TV, ATV
     missing_rate: float = 0.0        # rho of the missing-modality protocol
     missing_redraw: bool = False     # redraw the train mask per batch (GCNet) instead of fixed
-    strategy: str = "none"
+    strategy: str = "none"           # a registered training strategy (merc.strategies)
+    strategy_config: Optional[SerializeAsAny[StrictConfig]] = None  # its typed keys, routed flat
 
 
 @dataclass
@@ -68,10 +71,17 @@ def resolve_config(model: str, flat: dict[str, Any], family: str = "iemocap6",
     """Paper defaults of ``model`` for the dataset family, then ``flat`` overrides, validated."""
     entry = get_entry(model)
     base = entry.config_cls.paper_defaults(family)
-    t0, m0 = split_flat(base, TrainConfig, entry.config_cls, f"{model} paper defaults")
-    t1, m1 = split_flat(flat, TrainConfig, entry.config_cls, source)
-    return (build_config(TrainConfig, t0 | t1, source),
-            build_config(entry.config_cls, m0 | m1, source))
+    strategy = str(flat.get("strategy", flat.get("train.strategy", base.get("strategy", "none"))))
+    try:
+        scls = strategy_config_cls(strategy)
+    except KeyError as err:
+        raise ConfigError(f"{source}: {err.args[0]}") from None
+    sections = {"train": TrainConfig, "model": entry.config_cls, "strategy": scls}
+    r0 = route_flat(base, sections, f"{model} paper defaults")
+    r1 = route_flat(flat, sections, source)
+    train = build_config(TrainConfig, r0["train"] | r1["train"], source)
+    train.strategy_config = build_config(scls, r0["strategy"] | r1["strategy"], source)
+    return train, build_config(entry.config_cls, r0["model"] | r1["model"], source)
 
 
 def seed_everything(seed: int) -> None:
@@ -129,7 +139,7 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.5, patience=5)
     elif train.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(train.epochs, 1))
-    strategy = strategy or build_strategy(train.strategy)
+    strategy = strategy or build_strategy(train.strategy, train.strategy_config)
     weight = (torch.tensor(meta.class_weights, dtype=torch.float32, device=device)
               if train.class_weights else None)
     gen = torch.Generator().manual_seed(train.seed)

@@ -1,10 +1,57 @@
-"""Training plug-ins (curricula, self-paced learning, gradient modulation)."""
+"""Training plug-ins (curricula, self-paced learning, gradient modulation) and their registry.
+
+A strategy registers with a typed config class; its keys share the flat namespace of
+``merc train --set`` and the sweep specs (``strategy=spcl spcl_epsilon=0.8``).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Optional
+
+from merc.config import StrictConfig
 from merc.strategies.base import Strategy
 
-STRATEGIES: dict[str, type[Strategy]] = {"none": Strategy}
+
+class NoConfig(StrictConfig):
+    """The plain loop has no strategy keys."""
 
 
-def build_strategy(name: str, **kwargs) -> Strategy:
+STRATEGIES: dict[str, tuple[type[Strategy], type[StrictConfig]]] = {"none": (Strategy, NoConfig)}
+#: modules that register strategies
+_MODULES = ["merc.strategies.spcl"]
+
+
+def register_strategy(name: str, config_cls: type[StrictConfig]):
+    def deco(cls):
+        STRATEGIES[name] = (cls, config_cls)
+        return cls
+    return deco
+
+
+def _load_all() -> None:
+    for mod in _MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as err:
+            if err.name != mod:
+                raise
+
+
+def strategy_config_cls(name: str) -> type[StrictConfig]:
+    _load_all()
     if name not in STRATEGIES:
-        raise KeyError(f"unknown strategy {name!r}; known: {', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name](**kwargs)
+        raise KeyError(f"strategy: unknown strategy {name!r}; known: "
+                       f"{', '.join(sorted(STRATEGIES))}")
+    return STRATEGIES[name][1]
+
+
+def build_strategy(name: str, config: Optional[StrictConfig] = None) -> Strategy:
+    _load_all()
+    cls, cfg_cls = STRATEGIES[name] if name in STRATEGIES else (None, None)
+    if cls is None:
+        raise KeyError(f"strategy: unknown strategy {name!r}; known: "
+                       f"{', '.join(sorted(STRATEGIES))}")
+    return cls() if cls is Strategy else cls(config or cfg_cls())
+
+
+__all__ = ["Strategy", "STRATEGIES", "register_strategy", "build_strategy", "strategy_config_cls"]
