@@ -1,0 +1,270 @@
+"""Study tables and plots from a sweep's child runs.
+
+Only full-budget trials (``merc.status == completed``: every epoch run, or fit's own early
+stopping) enter tables, importance and contour plots; pruned (Optuna pruner / ASHA) and errored
+trials are excluded and counted. Seeds are paired across grid points, so each point's difference
+to the study's reference configuration is tested with a paired test over the shared seeds
+(``scipy.stats.ttest_rel``; Wilcoxon signed-rank is given too when there are >= 6 pairs) and
+flagged ``within noise`` when p >= 0.05 - a reader sees whether a sensitivity exceeds seed variance.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+
+ALPHA = 0.05
+
+
+def runs_frame(runs: list) -> pd.DataFrame:
+    """MLflow child runs -> one row per trial (params as ``p.``, metrics, tags)."""
+    rows = []
+    for r in runs:
+        t, m, p = r.data.tags, r.data.metrics, r.data.params
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name,
+               "mlflow_status": r.info.status, "status": t.get("merc.status", ""),
+               "fit_status": t.get("merc.fit_status", ""), "reason": t.get("merc.reason", ""),
+               "stage": t.get("merc.stage", ""), "point": t.get("merc.point"),
+               "seed": int(t["merc.seed"]) if t.get("merc.seed", "None") != "None" else None,
+               "config_hash": t.get("merc.config_hash", ""),
+               "trial_id": t.get("ray.trial_id", ""),
+               "optuna_number": t.get("optuna.trial_number")}
+        row.update({k: v for k, v in m.items()})
+        row.update({f"p.{k}": v for k, v in p.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _ms(x: pd.Series) -> tuple[float, float]:
+    x = x.dropna().astype(float)
+    if len(x) == 0:
+        return math.nan, math.nan
+    return float(x.mean()), float(x.std(ddof=1)) if len(x) > 1 else 0.0
+
+
+def _pm(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def paired_test(a: pd.Series, b: pd.Series) -> tuple[float, float, int, Optional[float]]:
+    """Mean difference a - b over shared seeds, ttest_rel p, pairs, wilcoxon p (>= 6 pairs)."""
+    from scipy import stats
+    j = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
+    n = len(j)
+    if n == 0:
+        return math.nan, math.nan, 0, None
+    d = float((j.a - j.b).mean())
+    if n < 2:
+        return d, math.nan, n, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if np.allclose(j.a.values, j.b.values):
+            p = 1.0
+        else:
+            p = float(stats.ttest_rel(j.a, j.b).pvalue)
+        w = None
+        if n >= 6 and not np.allclose(j.a.values, j.b.values):
+            w = float(stats.wilcoxon(j.a, j.b).pvalue)
+    return d, p, n, w
+
+
+def study_table(df: pd.DataFrame, study, family: str, metric: str = "wf1") -> pd.DataFrame:
+    """One row per grid point, in the study's order: n, val and test mean ± std over seeds, the
+    paper's value, the paired difference to the reference point and its p-value."""
+    full = df[df.status == "completed"] if len(df) else df
+    sel_val, sel_test = f"sel_val_{metric}", f"sel_test_{metric}"
+    paper = (study.paper.get(family) or {}) if study.paper else {}
+    per_seed = {}
+    for p in study.points:
+        sub = full[full.point == p.label] if len(full) else full
+        per_seed[p.label] = (sub.set_index("seed")[sel_test] if len(sub) and sel_test in sub
+                             else pd.Series(dtype=float))
+    ref = study.reference
+    rows = []
+    for p in study.points:
+        sub = full[full.point == p.label] if len(full) else full
+        allp = df[df.point == p.label] if len(df) else df
+        vm, vs = _ms(sub[sel_val]) if sel_val in sub else (math.nan, math.nan)
+        tm, ts = _ms(sub[sel_test]) if sel_test in sub else (math.nan, math.nan)
+        row = {"point": p.label, **{k: v for k, v in p.values.items()}, "n": len(sub),
+               "excluded": int(len(allp) - len(sub)),
+               "val_mean": vm, "val_std": vs, "test_mean": tm, "test_std": ts,
+               "paper": paper.get(p.label, math.nan), "is_reference": p.label == ref}
+        if ref is not None and p.label != ref:
+            d, pv, npairs, wp = paired_test(per_seed[p.label], per_seed[ref])
+            row.update({"delta_vs_ref": d, "p_paired_t": pv, "p_wilcoxon": wp, "pairs": npairs,
+                        "verdict": ("n/a (<2 seeds)" if npairs < 2 else
+                                    "within noise" if (math.isnan(pv) or pv >= ALPHA) else
+                                    "beyond noise")})
+        else:
+            row.update({"delta_vs_ref": math.nan, "p_paired_t": math.nan, "p_wilcoxon": None,
+                        "pairs": 0, "verdict": "reference" if p.label == ref else ""})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table_markdown(tab: pd.DataFrame, study, family: str, counts: dict[str, int],
+                   metric: str = "w-F1") -> str:
+    lines = [f"### {study.title}", "",
+             f"Dataset family `{family}`; test {metric} at the validation-selected epoch, mean ± "
+             f"std over seeds {study.seeds} (paired across points); Δ = paired difference to the "
+             f"reference `{study.reference or '-'}`, p = paired t-test over seeds "
+             f"(α = {ALPHA}).", ""]
+    lines.append("| point | n | val | test | paper | Δ test vs ref | p | verdict |")
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for _, r in tab.iterrows():
+        paper = "-" if math.isnan(r.paper) else f"{r.paper:.2f}"
+        d = "-" if math.isnan(r.delta_vs_ref) else f"{r.delta_vs_ref:+.2f}"
+        p = "-" if (r.p_paired_t is None or math.isnan(r.p_paired_t)) else f"{r.p_paired_t:.3f}"
+        name = f"**{r.point}**" if r.is_reference else str(r.point)
+        lines.append(f"| {name} | {r.n} | {_pm(r.val_mean, r.val_std)} | "
+                     f"{_pm(r.test_mean, r.test_std)} | {paper} | {d} | {p} | {r.verdict} |")
+    lines.append("")
+    lines.append(f"Trials: {counts.get('completed', 0)} full-budget, {counts.get('pruned', 0)} "
+                 f"pruned (excluded), {counts.get('errored', 0)} errored (excluded).")
+    if study.paper_note:
+        lines.append(f"Paper: {study.paper_note}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_study(tab: pd.DataFrame, study, out_dir: Path) -> list[Path]:
+    """Heatmap for 2-D studies (rows = first axis, cols = second: P x F like Fig. 4); lines with
+    error bars for 1-D axes; error bars over named points."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if study.axes and len(study.axes) == 2:
+        (ka, va), (kb, vb) = list(study.axes.items())
+        grid = np.full((len(va), len(vb)), np.nan)
+        for _, r in tab.iterrows():
+            i, j = va.index(r[ka]), vb.index(r[kb])
+            grid[i, j] = r.test_mean
+        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(vb) + 2, 1.0 + 0.45 * len(va) + 1))
+        im = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
+        ax.set_xticks(range(len(vb)), [str(v) for v in vb])
+        ax.set_yticks(range(len(va)), [str(v) for v in va])
+        ax.set_xlabel(kb)
+        ax.set_ylabel(ka)
+        for i in range(len(va)):
+            for j in range(len(vb)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
+                            color="w")
+        fig.colorbar(im, ax=ax, label="test w-F1 (mean over seeds)")
+        ax.set_title(study.title, fontsize=9)
+        fig.tight_layout()
+        p = out_dir / f"{study.name}_heatmap.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    else:
+        fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(tab) + 2), 3.5))
+        x = np.arange(len(tab))
+        ax.errorbar(x, tab.test_mean, yerr=tab.test_std.fillna(0), fmt="o-", capsize=4,
+                    label="test (mean ± std)")
+        ax.errorbar(x + 0.08, tab.val_mean, yerr=tab.val_std.fillna(0), fmt="s--", capsize=4,
+                    alpha=0.6, label="val (mean ± std)")
+        if tab.paper.notna().any():
+            ax.plot(x, tab.paper, "k*", markersize=10, label="paper")
+        ax.set_xticks(x, [str(v) for v in tab.point], rotation=20, ha="right")
+        ax.set_ylabel("w-F1 (%)")
+        ax.set_xlabel(next(iter(study.axes)) if study.axes else "configuration")
+        ax.set_title(study.title, fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out_dir / f"{study.name}_errorbars.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def search_table(df: pd.DataFrame, varied: list[str], metric: str = "val_wf1",
+                 top: int = 20) -> pd.DataFrame:
+    full = df[df.status == "completed"] if len(df) else df
+    sel = f"sel_{metric}"
+    if not len(full) or sel not in full:
+        return pd.DataFrame()
+    cols = ["run_name", "optuna_number", "seed", sel, f"sel_{metric.replace('val_', 'test_')}"]
+    cols += [f"p.{k}" for k in varied if f"p.{k}" in full]
+    return full.sort_values(sel, ascending=False)[[c for c in cols if c in full]].head(top)
+
+
+def plot_search(storage_url: str, study_name: str, out_dir: Path,
+                direction: str = "maximize") -> tuple[list[Path], dict[str, float], str]:
+    """Optuna parameter importance + contour of the two most important parameters (matplotlib),
+    over COMPLETE (full-budget) trials only - PRUNED and FAIL trials are excluded by Optuna."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.trial import TrialState
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    paths: list[Path] = []
+    imp: dict[str, float] = {}
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    ev_name = type(evaluator).__name__
+    varying = [k for k in (complete[0].params if complete else {})
+               if len({str(t.params.get(k)) for t in complete}) > 1]
+    if len(complete) >= 2 and varying:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+            except Exception:
+                evaluator = optuna.importance.MeanDecreaseImpurityImportanceEvaluator(seed=0)
+                ev_name = type(evaluator).__name__
+                try:
+                    imp = optuna.importance.get_param_importances(study, evaluator=evaluator)
+                except Exception:
+                    imp = {}
+            if imp:
+                ax = optuna.visualization.matplotlib.plot_param_importances(
+                    study, evaluator=evaluator)
+                ax.set_title(f"importance ({ev_name}, {len(complete)} complete trials)",
+                             fontsize=9)
+                p = out_dir / "importance.png"
+                ax.figure.tight_layout()
+                ax.figure.savefig(p, dpi=110)
+                plt.close(ax.figure)
+                paths.append(p)
+            top = [k for k in (list(imp) or varying) if k in varying][:2]
+            if len(top) == 2:
+                try:
+                    ax = optuna.visualization.matplotlib.plot_contour(study, params=top)
+                    fig = ax.figure if hasattr(ax, "figure") else np.ravel(ax)[0].figure
+                    p = out_dir / "contour.png"
+                    fig.savefig(p, dpi=110)
+                    plt.close(fig)
+                    paths.append(p)
+                except Exception:
+                    pass
+            try:
+                ax = optuna.visualization.matplotlib.plot_intermediate_values(study)
+                p = out_dir / "intermediate_values.png"
+                ax.figure.savefig(p, dpi=110)
+                plt.close(ax.figure)
+                paths.append(p)
+            except Exception:
+                pass
+    return paths, imp, ev_name
+
+
+def state_counts(df: pd.DataFrame) -> dict[str, int]:
+    if not len(df):
+        return {}
+    return {k: int(v) for k, v in df.status.value_counts().items()}
+
+
+def fmt_value(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

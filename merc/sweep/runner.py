@@ -1,0 +1,644 @@
+"""Spec -> Ray Tune run -> MLflow: :func:`run_sweep`.
+
+Order of work (each step fails before the next starts):
+
+1. load and validate the spec (:class:`~merc.sweep.spec.SpecError`, exit 2) - no Ray yet;
+2. resolve the dataset (``synthetic:<preset>`` is generated and cached; a directory as is; an
+   ``s3://``/``gs://`` URI is copied once to a node-local cache) and read its manifest;
+3. check MLflow (an unreachable ``--mlflow-uri`` stops here, exit 3), create the experiment and
+   the parent run (or find it again on ``--resume``);
+4. start or join Ray, build the Tuner (studies: the grid x seeds in a fixed order, no pruning;
+   searches: :class:`OptunaSearcher` + :class:`OptunaPruningScheduler` or ASHA) or restore it;
+5. after ``fit``: an interrupted sweep (SIGINT) exits 130 with the resume command; a finished one
+   logs tables and plots to the parent run, prints the table, and (searches) re-runs the top-K
+   configurations with fresh seeds when ``confirm_top`` is set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from merc.sweep.spec import SpecError, SweepSpec, check_study_name, load_spec
+
+log = logging.getLogger("merc.sweep")
+
+EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_TRACKING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+@dataclass
+class SweepOptions:
+    spec: str
+    study: Optional[str] = None
+    search: bool = False
+    dataset: Optional[str] = None        # family / synthetic preset name, or a dataset spec
+    data_dir: Optional[str] = None       # a canonical dataset dir or s3://, gs:// URI
+    num_samples: Optional[int] = None
+    epochs: Optional[int] = None
+    seeds: Optional[list[int]] = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int = 0
+    retries: int = 1
+    address: Optional[str] = None
+    num_cpus: Optional[int] = None       # local Ray only
+    mlflow_uri: Optional[str] = None
+    experiment: Optional[str] = None
+    storage: Optional[str] = None
+    name: Optional[str] = None
+    resume: bool = False
+    quick: bool = False
+    confirm_top: int = 0
+    confirm_seeds: int = 0
+    imports: list[str] = field(default_factory=list)
+    verbose: int = 1
+    print_fn: Any = print
+
+
+@dataclass
+class SweepOutcome:
+    exit_code: int
+    name: str = ""
+    experiment: str = ""
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    sweep_dir: str = ""
+    counts: dict = field(default_factory=dict)
+    table_md: str = ""
+    artifacts: list = field(default_factory=list)
+    wall_s: float = 0.0
+    trials_s: float = 0.0
+    champion: Optional[dict] = None
+    optuna_storage: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+
+def git_commit(cwd: Optional[str] = None) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def materialize_data(uri: str) -> Path:
+    """A node-local copy of a remote dataset dir (``s3://``, ``gs://``), made once per node."""
+    import hashlib
+    import pyarrow.fs as pafs
+    from merc.data.synthetic import cache_root
+    key = hashlib.sha256(uri.encode()).hexdigest()[:12]
+    target = cache_root() / "remote" / key
+    if (target / "manifest.json").is_file():
+        return target
+    tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fs, path = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(path, str(tmp), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        pass
+    return target
+
+
+def resolve_dataset(spec: SweepSpec, opts: SweepOptions) -> tuple[str, Path]:
+    """(dataset spec string as recorded, local dataset root)."""
+    from merc.data.synthetic import PRESETS, resolve_data
+    if opts.data_dir:
+        ds = opts.data_dir
+        root = materialize_data(ds) if is_remote(ds) else resolve_data(ds)
+        return ds, root
+    if opts.dataset:
+        ds = opts.dataset if (":" in opts.dataset or "/" in opts.dataset or
+                              opts.dataset not in PRESETS) else f"synthetic:{opts.dataset}"
+        if opts.quick and ds.startswith("synthetic:") and "dataset" in spec.quick:
+            ds = spec.quick["dataset"]
+    elif opts.quick and "dataset" in spec.quick:
+        ds = spec.quick["dataset"]
+    else:
+        ds = spec.dataset or "synthetic:iemocap6"
+    try:
+        root = resolve_data(ds)
+    except ValueError as err:
+        raise SpecError(f"--dataset: {err}") from None
+    if not (Path(root) / "manifest.json").is_file():
+        raise SpecError(f"--dataset {ds}: {root} is not a merc dataset directory (no "
+                        f"manifest.json); create one with `merc data synth` or `merc data import`")
+    return ds, Path(root)
+
+
+def _label(ds: str) -> str:
+    return ds.replace("synthetic:", "syn-").replace(":", "-").rstrip("/").split("/")[-1]
+
+
+def full_flat(model: str, flat: dict, family: str, source: str) -> dict:
+    """Every TrainConfig + model key, validated (the trial's complete, explicit config)."""
+    from merc.config import ConfigError
+    from merc.train import resolve_config
+    try:
+        train, mcfg = resolve_config(model, flat, family, source=source)
+    except ConfigError as err:
+        raise SpecError(str(err)) from None
+    return {**train.model_dump(), **mcfg.model_dump()}
+
+
+def _in_dist(v: Any, d: dict) -> bool:
+    t = d["type"]
+    if t == "categorical":
+        return v in d["values"]
+    if t == "fixed":
+        return False
+    try:
+        return d["low"] <= v <= d["high"]
+    except TypeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# the sweep
+
+
+class _Sweep:
+    def __init__(self, opts: SweepOptions):
+        self.o = opts
+        self.p = opts.print_fn
+        self.t0 = time.time()
+
+    # -- 1..3: before Ray ----------------------------------------------------------------------
+    def prepare(self) -> None:
+        o = self.o
+        if bool(o.study) == bool(o.search):
+            raise SpecError(f"{o.spec}: choose exactly one of --study NAME or --search")
+        self.spec = spec = load_spec(o.spec, quick=o.quick)
+        if o.study:
+            self.study = check_study_name(spec, o.study)
+            self.kind = o.study
+        else:
+            if spec.search is None:
+                raise SpecError(f"{o.spec}: search: this file defines no search space")
+            self.study = None
+            self.kind = "search"
+        for mod in o.imports:
+            __import__(mod)
+        self.dataset, self.data_root = resolve_dataset(spec, o)
+        from merc.data.format import read_manifest
+        man = read_manifest(self.data_root)
+        self.manifest = man
+        self.family = man.family
+        base = spec.base_flat(self.family, quick=o.quick)
+        if self.study:
+            base.update(self.study.fixed)
+        if o.epochs is not None:
+            base["epochs"] = o.epochs
+        base.update(o.overrides)
+        self.base = full_flat(spec.model, base, self.family, f"{o.spec} (+ command line)")
+        self.epochs = int(self.base["epochs"])
+        if self.study and o.seeds:
+            self.study.seeds = list(o.seeds)
+        # names and places
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        prefix = f"{spec.model}-{self.kind}-{_label(self.dataset)}" + ("-quick" if o.quick else "")
+        storage = o.storage or str(Path.cwd() / "ray_results")
+        if not is_remote(storage):
+            storage = str(Path(storage).expanduser().resolve())
+        self.storage = storage
+        if o.name:
+            self.name = o.name
+        elif o.resume:
+            self.name = self._latest(prefix)
+        else:
+            self.name = f"{prefix}-{stamp}"
+        self.experiment = o.experiment or f"{spec.model}-{self.kind}"
+        self.tracking_uri = o.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+            __import__("merc.sweep.tracking", fromlist=["x"]).default_tracking_uri()
+        if is_remote(storage):
+            odir = Path.cwd() / "optuna"
+        else:
+            odir = Path(storage)
+        odir.mkdir(parents=True, exist_ok=True)
+        self.optuna_url = f"sqlite:///{odir / (self.name + '.optuna.db')}"
+
+    def _latest(self, prefix: str) -> str:
+        if is_remote(self.storage):
+            raise SpecError("--resume with remote --storage needs --name (the sweep's name)")
+        cands = sorted(p.name for p in Path(self.storage).glob(prefix + "-2*") if p.is_dir()
+                       and not p.name.endswith("-confirm"))
+        if not cands:
+            raise SpecError(f"--resume: no sweep named {prefix}-<date> under {self.storage}; "
+                            f"pass --name")
+        return cands[-1]
+
+    def path(self, name: Optional[str] = None) -> str:
+        return f"{self.storage.rstrip('/')}/{name or self.name}"
+
+    def setup_tracking(self) -> None:
+        from merc.sweep.tracking import (MlflowClient, check_tracking, ensure_experiment,
+                                         find_runs)
+        check_tracking(self.tracking_uri)
+        import mlflow
+        mlflow.set_tracking_uri(self.tracking_uri)
+        self.client = client = MlflowClient(self.tracking_uri)
+        try:
+            self.exp_id = ensure_experiment(client, self.experiment)
+        except Exception as err:
+            from merc.sweep.tracking import TrackingError
+            raise TrackingError(f"--mlflow-uri {self.tracking_uri}: cannot use the tracking "
+                                f"store ({err})") from None
+        parents = find_runs(client, self.exp_id, f"tags.`merc.sweep_id` = '{self.name}' and "
+                                                 f"tags.`merc.role` = 'parent'", 5)
+        if parents:
+            if not self.o.resume:
+                raise SpecError(f"sweep {self.name!r} already exists in experiment "
+                                f"{self.experiment!r}; pass --resume, or another --name")
+            self.parent_id = parents[0].info.run_id
+            client.update_run(self.parent_id, status="RUNNING")
+            return
+        if self.o.resume and not self._can_restore(self.path()):
+            raise SpecError(f"--resume: nothing to resume at {self.path()}")
+        o = self.o
+        title = self.study.title if self.study else f"search ({self.spec.search.num_samples} " \
+                                                    f"samples)"
+        run = client.create_run(self.exp_id, run_name=f"sweep {self.name}", tags={
+            "merc.role": "parent", "merc.sweep_id": self.name, "merc.model": self.spec.model,
+            "merc.dataset": self.dataset, "merc.family": self.family, "merc.kind": self.kind,
+            "merc.quick": str(o.quick), "mlflow.source.git.commit": git_commit(),
+            "merc.git_commit": git_commit(), "merc.data_fingerprint": self.manifest.fingerprint,
+            "merc.storage": self.path(), "merc.optuna_storage": self.optuna_url,
+            "mlflow.note.content": title})
+        self.parent_id = run.info.run_id
+        params = {"model": self.spec.model, "dataset": self.dataset, "family": self.family,
+                  "spec_file": o.spec, "kind": self.kind, "epochs": self.epochs,
+                  "data_fingerprint": self.manifest.fingerprint, "git_commit": git_commit(),
+                  "cpus_per_trial": o.cpus_per_trial, "gpus_per_trial": o.gpus_per_trial,
+                  "retries": o.retries, "quick": o.quick, "data_root": str(self.data_root)}
+        if self.study:
+            params.update({"seeds": str(self.study.seeds), "grid_points": len(self.study.points),
+                           "reference": self.study.reference})
+        else:
+            s = self.spec.search
+            params.update({"num_samples": o.num_samples or s.num_samples,
+                           "sampler": json.dumps(s.sampler), "pruner": json.dumps(s.pruner),
+                           "confirm_top": o.confirm_top, "confirm_seeds": o.confirm_seeds})
+        from mlflow.entities import Param
+        client.log_batch(self.parent_id, params=[Param(k, str(v)[:6000])
+                                                 for k, v in params.items()])
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "spec.yaml").write_text(Path(o.spec).read_text())
+            Path(d, "manifest.json").write_text(self.manifest.model_dump_json(indent=2))
+            Path(d, "base_config.json").write_text(json.dumps(self.base, indent=1))
+            for f in ("spec.yaml", "manifest.json", "base_config.json"):
+                client.log_artifact(self.parent_id, str(Path(d, f)))
+
+    # -- 4: Ray -----------------------------------------------------------------------------------
+    def start_ray(self) -> None:
+        import ray
+        if ray.is_initialized():
+            return
+        if self.o.address:
+            ray.init(address=self.o.address, log_to_driver=self.o.verbose > 1)
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(num_cpus=self.o.num_cpus, log_to_driver=self.o.verbose > 1,
+                     include_dashboard=False)
+
+    def _can_restore(self, path: str) -> bool:
+        from ray import tune
+        try:
+            return tune.Tuner.can_restore(path)
+        except Exception:
+            return False
+
+    def ctx(self) -> dict:
+        return {"model": self.spec.model, "family": self.family,
+                "data_root": str(self.data_root), "metric": self.spec.metric,
+                "imports": list(self.o.imports)}
+
+    def study_configs(self) -> list[dict]:
+        st = self.study
+        out = []
+        ctx = self.ctx()
+        for seed in st.seeds:           # seed-major: partial results stay paired
+            for p in st.points:
+                flat = dict(self.base)
+                flat.update(p.values)
+                flat["seed"] = seed
+                flat = full_flat(self.spec.model, flat, self.family,
+                                 f"{self.o.spec}: studies.{st.name}.{p.label}")
+                out.append({**flat, "_point": p.label, "_merc": ctx})
+        return out
+
+    def trainable(self):
+        from ray import tune
+        from merc.sweep.trainable import run_trial
+        res = {"cpu": self.o.cpus_per_trial}
+        if self.o.gpus_per_trial:
+            res["gpu"] = self.o.gpus_per_trial
+        return tune.with_resources(run_trial, res)
+
+    def build_tuner(self, name: str, stage: str, configs: Optional[list[dict]] = None):
+        from ray import tune
+        from merc.sweep.optuna_glue import GridSearcher, OptunaPruningScheduler, OptunaSearcher
+        from merc.sweep.tracking import MercMLflowCallback
+        spec, o = self.spec, self.o
+        scheduler = None
+        if configs is not None:          # study or confirm stage: fixed grid, no pruning
+            searcher = GridSearcher(configs, spec.metric, spec.mode)
+            num = len(configs)
+            varied = sorted({k for c in configs for k in c if not k.startswith("_")
+                             and any(c2.get(k) != c.get(k) for c2 in configs)})
+        else:
+            s = spec.search
+            space = {k: d.to_dict() for k, d in s.space.items()}
+            base = {**self.base, "seed": s.seed, "_merc": self.ctx()}
+            start = []
+            if s.start_from_defaults:
+                p0 = {k: self.base[k] for k, d in space.items()
+                      if d["type"] != "fixed" and _in_dist(self.base[k], d)}
+                start = [p0] if p0 else []
+            searcher = OptunaSearcher(space, base, metric=spec.metric, mode=spec.mode,
+                                      storage_url=self.optuna_url, study_name=name,
+                                      sampler=s.sampler, pruner=s.pruner, epochs=self.epochs,
+                                      start_points=start)
+            num = o.num_samples or s.num_samples
+            if s.pruner.get("type") == "asha":
+                args = {k: v for k, v in s.pruner.items() if k != "type"}
+                scheduler = tune.schedulers.ASHAScheduler(
+                    time_attr="epoch", max_t=self.epochs,
+                    grace_period=int(args.get("grace_period", 1)),
+                    reduction_factor=args.get("reduction_factor", 3),
+                    brackets=int(args.get("brackets", 1)))
+            elif s.pruner.get("type") != "none":
+                scheduler = OptunaPruningScheduler(spec.metric, spec.mode, self.epochs,
+                                                   storage_url=self.optuna_url, study_name=name,
+                                                   sampler=s.sampler, pruner=s.pruner)
+            varied = [k for k, d in space.items() if d["type"] != "fixed"]
+        tags = {"merc.model": spec.model, "merc.dataset": self.dataset, "merc.family": self.family}
+        cb = MercMLflowCallback(self.tracking_uri, self.exp_id, self.parent_id, name,
+                                metric=spec.metric, epochs=self.epochs, tags=tags,
+                                varied=varied, stage=stage,
+                                study=self.study.name if self.study else "")
+        self.varied = varied
+        maxc = o.max_concurrent or None
+        tuner = tune.Tuner(
+            self.trainable(),
+            tune_config=tune.TuneConfig(
+                metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
+                num_samples=num, max_concurrent_trials=maxc,
+                trial_dirname_creator=lambda t: f"{t.trial_id}"),
+            run_config=tune.RunConfig(
+                name=name, storage_path=self.storage, callbacks=[cb], verbose=o.verbose,
+                failure_config=tune.FailureConfig(max_failures=o.retries),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+        return tuner
+
+    def run_stage(self, name: str, stage: str, configs: Optional[list[dict]] = None):
+        from ray import tune
+        from merc.sweep.trainable import run_trial
+        path = self.path(name)
+        if self.o.resume and self._can_restore(path):
+            self.p(f"[merc] resuming {path}")
+            res = {"cpu": self.o.cpus_per_trial}
+            if self.o.gpus_per_trial:
+                res["gpu"] = self.o.gpus_per_trial
+            tuner = tune.Tuner.restore(path, tune.with_resources(run_trial, res),
+                                       resume_unfinished=True, resume_errored=False)
+            # the restored callback/searcher come from the pickle; recompute display fields
+            if configs is not None:
+                self.varied = sorted({k for c in configs for k in c if not k.startswith("_")
+                                      and any(c2.get(k) != c.get(k) for c2 in configs)})
+            else:
+                self.varied = [k for k, d in self.spec.search.space.items()
+                               if d.type != "fixed"]
+        else:
+            tuner = self.build_tuner(name, stage, configs)
+        rg = tuner.fit()
+        trials = rg._experiment_analysis.trials
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        expected = len(configs) if configs is not None else (
+            self.o.num_samples or self.spec.search.num_samples)
+        interrupted = bool(unfinished) or len(trials) < expected
+        return rg, trials, interrupted
+
+    # -- 5: results -----------------------------------------------------------------------------
+    def child_frame(self, name: str):
+        from merc.sweep.report import runs_frame
+        from merc.sweep.tracking import find_runs
+        runs = find_runs(self.client, self.exp_id, f"tags.`merc.sweep_id` = '{name}' and "
+                                                   f"tags.`mlflow.parentRunId` = "
+                                                   f"'{self.parent_id}'")
+        return runs_frame(runs)
+
+    def log_art(self, path: Path, sub: str = "") -> None:
+        self.client.log_artifact(self.parent_id, str(path), sub or None)
+        self.artifacts.append(f"{sub + '/' if sub else ''}{path.name}")
+
+    def finish_study(self, out: Path) -> str:
+        from merc.sweep.report import plot_study, state_counts, study_table, table_markdown
+        df = self.child_frame(self.name)
+        counts = state_counts(df)
+        tab = study_table(df, self.study, self.family)
+        md = table_markdown(tab, self.study, self.family, counts)
+        df.to_csv(out / "results.csv", index=False)
+        tab.to_csv(out / f"{self.study.name}_table.csv", index=False)
+        (out / f"{self.study.name}_table.md").write_text(md)
+        for f in ("results.csv", f"{self.study.name}_table.csv", f"{self.study.name}_table.md"):
+            self.log_art(out / f)
+        for p in plot_study(tab, self.study, out / "plots"):
+            self.log_art(p, "plots")
+        self.counts = counts
+        self.trials_s = float(df["trial_time_s"].fillna(0).sum()) if "trial_time_s" in df else 0.0
+        return md
+
+    def finish_search(self, out: Path) -> str:
+        from merc.sweep.report import plot_search, search_table, state_counts
+        df = self.child_frame(self.name)
+        counts = state_counts(df)
+        self.counts = counts
+        df.to_csv(out / "results.csv", index=False)
+        self.log_art(out / "results.csv")
+        tab = search_table(df, self.varied, self.spec.metric)
+        md_lines = [f"### Search: {self.spec.model} on {self.dataset}", "",
+                    f"Trials: {counts.get('completed', 0)} full-budget, "
+                    f"{counts.get('pruned', 0)} pruned (excluded), {counts.get('errored', 0)} "
+                    f"errored (excluded). Top configurations by selected {self.spec.metric}:", ""]
+        if len(tab):
+            md_lines.append(tab.to_markdown(index=False, floatfmt=".4g"))
+        paths, imp, ev = plot_search(self.optuna_url, self.name, out / "plots",
+                                     "maximize" if self.spec.mode == "max" else "minimize")
+        if imp:
+            md_lines += ["", f"Parameter importance ({ev}, complete trials only): " +
+                         ", ".join(f"{k} {v:.2f}" for k, v in imp.items())]
+        md = "\n".join(md_lines) + "\n"
+        (out / "search_table.md").write_text(md)
+        if len(tab):
+            tab.to_csv(out / "search_table.csv", index=False)
+            self.log_art(out / "search_table.csv")
+        self.log_art(out / "search_table.md")
+        for p in paths:
+            self.log_art(p, "plots")
+        self.trials_s = float(df["trial_time_s"].fillna(0).sum()) if "trial_time_s" in df else 0.0
+        return md
+
+    def confirm(self, out: Path) -> tuple[str, Optional[dict]]:
+        """Re-run the top-K completed search configs with N fresh seeds; pick by seed mean."""
+        import pandas as pd
+        from merc.sweep.report import runs_frame  # noqa: F401
+        o = self.o
+        conf = self.spec.search.confirm
+        k = o.confirm_top or int(conf.get("top_k", 0))
+        n = o.confirm_seeds or len(conf.get("seeds", [])) or 3
+        if k <= 0:
+            return "", None
+        df = self.child_frame(self.name)
+        sel = f"sel_{self.spec.metric}"
+        full = df[df.status == "completed"].sort_values(sel, ascending=self.spec.mode == "min")
+        full = full.drop_duplicates("config_hash").head(k)
+        used = {int(s) for s in df.seed.dropna()}
+        seeds = [s for s in (conf.get("seeds") or []) if s not in used][:n]
+        nxt = max(used | set(seeds) | {999}) + 1
+        while len(seeds) < n:
+            seeds.append(nxt)
+            nxt += 1
+        ctx = self.ctx()
+        configs = []
+        for rank, (_, row) in enumerate(full.iterrows()):
+            flat = self._typed_params(row)
+            for s in seeds:
+                c = {**flat, "seed": s}
+                configs.append({**c, "_point": f"top{rank + 1}", "_merc": ctx,
+                                "_source_run": row.run_id})
+        name = f"{self.name}-confirm"
+        self.p(f"[merc] confirming top {len(full)} configurations x seeds {seeds} "
+               f"({len(configs)} trials)")
+        self.study_for_confirm = name
+        _, _, interrupted = self.run_stage(name, "confirm", configs)
+        if interrupted:
+            return "interrupted", None
+        cdf = self.child_frame(name)
+        cdf = cdf[cdf.status == "completed"]
+        if not len(cdf):
+            return "", None
+        g = cdf.groupby("point")[sel].agg(["mean", "std", "count"])
+        g["test_mean"] = cdf.groupby("point")[sel.replace("val_", "test_")].mean()
+        g = g.sort_values("mean", ascending=self.spec.mode == "min")
+        best_point = g.index[0]
+        md = ["### Confirmation: top-K configurations with fresh seeds", "",
+              f"seeds {seeds}; picked by the seed mean of {sel}", "",
+              "| candidate | n | val mean ± std | test mean |", "|---|---|---|---|"]
+        for pt, r in g.iterrows():
+            star = " **(champion)**" if pt == best_point else ""
+            md.append(f"| {pt}{star} | {int(r['count'])} | {r['mean']:.2f} ± "
+                      f"{(0 if pd.isna(r['std']) else r['std']):.2f} | {r.test_mean:.2f} |")
+        text = "\n".join(md) + "\n"
+        (out / "confirm_table.md").write_text(text)
+        cdf.to_csv(out / "confirm_results.csv", index=False)
+        self.log_art(out / "confirm_table.md")
+        self.log_art(out / "confirm_results.csv")
+        return text, {"point": best_point, "val_mean": float(g.iloc[0]["mean"])}
+
+    def _typed_params(self, row) -> dict:
+        """A child run's flat config, typed (through the config classes)."""
+        flat = {k[2:]: v for k, v in row.items() if isinstance(k, str) and k.startswith("p.")
+                and isinstance(v, str)}
+        from merc.train import TrainConfig
+        from merc.models import get_entry
+        fields = {**TrainConfig.model_fields, **get_entry(self.spec.model).config_cls.model_fields}
+        out = {}
+        for k, v in flat.items():
+            if k not in fields:
+                continue
+            out[k] = None if v == "None" else v
+        t, m = __import__("merc.train", fromlist=["x"]).resolve_config(
+            self.spec.model, out, self.family, source="mlflow params")
+        return {**t.model_dump(), **m.model_dump()}
+
+    def run(self) -> SweepOutcome:
+        o = self.o
+        self.artifacts: list[str] = []
+        self.counts: dict = {}
+        self.trials_s = 0.0
+        self.prepare()
+        self.setup_tracking()
+        self.start_ray()
+        self.p(f"[merc] sweep {self.name}: {self.spec.model} {self.kind} on {self.dataset} "
+               f"({self.data_root}), {self.epochs} epochs, storage {self.path()}")
+        self.p(f"[merc] MLflow {self.tracking_uri} experiment {self.experiment!r} parent run "
+               f"{self.parent_id}")
+        configs = self.study_configs() if self.study else None
+        _, trials, interrupted = self.run_stage(self.name, self.kind if self.study else "search",
+                                                configs)
+        outcome = SweepOutcome(EXIT_OK, self.name, self.experiment, self.parent_id,
+                               self.tracking_uri, self.path(), optuna_storage=self.optuna_url)
+        resume_cmd = f"--resume --name {self.name}"
+        if interrupted:
+            self.p(f"[merc] sweep interrupted; resume with the same arguments plus: {resume_cmd}")
+            outcome.exit_code = EXIT_INTERRUPTED
+            return outcome
+        out = Path(tempfile.mkdtemp(prefix="merc-sweep-"))
+        md = self.finish_study(out) if self.study else self.finish_search(out)
+        champion = None
+        if not self.study and (o.confirm_top or self.spec.search.confirm.get("top_k")) and \
+                (o.confirm_top or o.confirm_seeds):
+            text, champion = self.confirm(out)
+            if text == "interrupted":
+                self.p(f"[merc] confirmation interrupted; resume with: {resume_cmd}")
+                outcome.exit_code = EXIT_INTERRUPTED
+                return outcome
+            md += "\n" + text
+        wall = time.time() - self.t0
+        from mlflow.entities import Metric, RunTag
+        ts = int(time.time() * 1000)
+        c = self.counts
+        self.client.log_batch(self.parent_id, metrics=[
+            Metric("sweep_wall_s", wall, ts, 0), Metric("trials_time_sum_s", self.trials_s, ts, 0),
+            Metric("trials_completed", c.get("completed", 0), ts, 0),
+            Metric("trials_pruned", c.get("pruned", 0), ts, 0),
+            Metric("trials_errored", c.get("errored", 0), ts, 0)],
+            tags=[RunTag("merc.status", "finished"),
+                  RunTag("mlflow.note.content", md[:60000])] +
+                 ([RunTag("merc.champion", json.dumps(champion))] if champion else []))
+        self.client.set_terminated(self.parent_id, "FINISHED")
+        self.p("")
+        self.p(md)
+        self.p(f"[merc] trials: {c}; wall {wall:.1f}s, sum of trial times {self.trials_s:.1f}s")
+        self.p(f"[merc] artifacts on parent run {self.parent_id}: {', '.join(self.artifacts)}")
+        self.p(f"[merc] local copies: {out}")
+        if self.tracking_uri.startswith("sqlite:"):
+            self.p(f"[merc] look: mlflow ui --backend-store-uri {self.tracking_uri}")
+        else:
+            self.p(f"[merc] look: {self.tracking_uri}")
+        outcome.counts, outcome.table_md = c, md
+        outcome.artifacts, outcome.wall_s, outcome.trials_s = self.artifacts, wall, self.trials_s
+        outcome.champion = champion
+        if c and c.get("completed", 0) == 0:
+            outcome.exit_code = EXIT_FAILED
+        return outcome
+
+
+def run_sweep(opts: SweepOptions) -> SweepOutcome:
+    """Run (or resume) one sweep; raises SpecError (exit 2) / TrackingError (exit 3) early."""
+    return _Sweep(opts).run()
+
+
+def options_from(**kw) -> SweepOptions:
+    names = {f.name for f in dataclasses.fields(SweepOptions)}
+    return SweepOptions(**{k: v for k, v in kw.items() if k in names})

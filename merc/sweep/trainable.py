@@ -1,0 +1,133 @@
+"""The function every Ray trial runs: resolve the flat config, train with :func:`merc.train.fit`,
+report each epoch to Tune with a resumable checkpoint.
+
+The trial's config is the *full* flat config (every TrainConfig and model key) plus ``_merc``, a
+small dict of sweep context (model, dataset root, family, modules to import) and, for searches,
+``_optuna`` (study and trial number). Keys starting with ``_`` are bookkeeping, never model keys.
+
+Per epoch the trial reports fit's metrics plus ``epoch`` (1-based, the step MLflow and Optuna
+use) and ``merc_last`` (1.0 on the epoch after which fit stops by itself), with a checkpoint
+holding fit's resume state; the last epoch's checkpoint also holds ``model.pt``
+(:func:`merc.train.save_model`: state dict + JSON config of the selected epoch). A diverged fit
+(non-finite loss) ends with one extra result carrying ``merc_status='diverged'`` and the reason;
+the driver tags the trial errored and tells Optuna FAIL. Exceptions propagate: Ray retries the
+trial from its last checkpoint (``--retries``), then marks it ERROR.
+
+Data: arrays are memory-mapped (``MercData`` opens ``.npy`` with ``mmap_mode='r'``) so every trial
+on a node shares the page cache; the opened dataset is also cached per worker process.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+_DATA_CACHE: dict[tuple, Any] = {}
+STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"
+
+
+def flat_of(config: dict) -> dict[str, Any]:
+    """The model/train keys of a trial config (bookkeeping keys dropped)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
+def open_data(root: str, train) -> Any:
+    """``MercData`` for a train config; the same call ``merc train`` must make to reproduce a trial:
+    ``MercData(root, train.modalities, train.missing_rate, train.seed, train.missing_redraw)``."""
+    from merc.data.dataset import MercData
+    key = (str(root), train.modalities, float(train.missing_rate), int(train.seed),
+           bool(train.missing_redraw))
+    if key not in _DATA_CACHE:
+        if len(_DATA_CACHE) > 8:
+            _DATA_CACHE.clear()
+        _DATA_CACHE[key] = MercData(root, train.modalities, train.missing_rate, train.seed,
+                                    train.missing_redraw)
+    return _DATA_CACHE[key]
+
+
+def _trial_cpus_gpus() -> tuple[float, float]:
+    try:
+        res = tune.get_context().get_trial_resources()
+        req = res.required_resources
+        return float(req.get("CPU", 1)), float(req.get("GPU", 0))
+    except Exception:  # outside Tune (unit tests)
+        return 1.0, 0.0
+
+
+def _clean(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def run_trial(config: dict) -> None:
+    """The Ray Tune function trainable."""
+    from merc.train import fit, resolve_config, save_model
+    ctx = config["_merc"]
+    for mod in ctx.get("imports", []):
+        importlib.import_module(mod)
+    flat = flat_of(config)
+    cpus, gpus = _trial_cpus_gpus()
+    if not flat.get("threads"):
+        flat["threads"] = max(1, int(cpus))
+    if gpus > 0 and flat.get("device", "cpu") == "cpu":
+        flat["device"] = "cuda"
+        if gpus < 1:  # fractional GPU: a scheduling share only; cap this process's memory
+            try:
+                torch.cuda.set_per_process_memory_fraction(gpus)
+            except Exception:
+                pass
+    train, model_cfg = resolve_config(ctx["model"], flat, ctx["family"], source="trial config")
+    data = open_data(ctx["data_root"], train)
+
+    resume = None
+    ck = tune.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            p = Path(d) / STATE_FILE
+            if p.is_file():
+                resume = torch.load(p, map_location="cpu", weights_only=True)
+
+    pending: dict[str, Any] = {}
+
+    def checkpoint(state: dict, epoch: int) -> None:
+        pending["state"] = state
+
+    def report(metrics: dict, epoch: int) -> None:
+        m = _clean(metrics)
+        m["epoch"] = float(epoch + 1)
+        stop_es = bool(train.early_stopping) and (epoch - int(metrics.get("sel_epoch", epoch))
+                                                  >= train.early_stopping)
+        last = epoch + 1 >= train.epochs or stop_es
+        m["merc_last"] = 1.0 if last else 0.0
+        state = pending.pop("state", None)
+        if state is None:
+            tune.report(m)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state, os.path.join(d, STATE_FILE))
+            if last and state.get("best_state") is not None:
+                save_model(os.path.join(d, MODEL_FILE), ctx["model"], train, model_cfg, data.meta,
+                           state["best_state"],
+                           extra={"flat": flat, "best_epoch": state["best_epoch"],
+                                  "best": state["best"], "data_fingerprint": data.meta.fingerprint})
+            tune.report(m, checkpoint=tune.Checkpoint.from_directory(d))
+
+    result = fit(ctx["model"], data, train, model_cfg, report=report, checkpoint=checkpoint,
+                 resume=resume)
+    if result.status == "diverged":
+        last = result.history[-1] if result.history else {}
+        metric = ctx.get("metric", "val_wf1")
+        value = last.get(metric, 0.0)
+        tune.report({metric: float(value) if math.isfinite(value) else 0.0,
+                     "epoch": float(len(result.history) + 1), "merc_last": 1.0,
+                     "merc_status": "diverged", "merc_reason": result.reason})
