@@ -6,7 +6,9 @@ import importlib
 from merc.models.base import REGISTRY, MercModel, ModelEntry, Output, register_model
 
 #: modules that register models; importing them fills REGISTRY
-_MODULES = ["merc.models.corect"]
+_MODULES = ["merc.models.corect", "merc.models.backbones.dialoguegcn",
+            "merc.models.backbones.biddin", "merc.models.backbones.mmgcn",
+            "merc.models.backbones.mmdfn"]
 
 
 def _load_all() -> None:

@@ -1,0 +1,156 @@
+"""Pieces shared by the four SPCL backbones: late fusion, sequence encoders, cached graphs.
+
+What: every SPCL backbone (SPCL paper, sec. 4.2) is *late fusion*: one branch per modality gives
+uni-modal logits z^m (SPCL Eq. (1)) and the joint logit is their sum (SPCL Eq. (2)). This module
+holds that fusion step (:func:`late_fusion_output`), the per-modality sequence encoders the
+backbones share (bidirectional GRU / LSTM, a Transformer, or a linear map), and batch-level graph
+builders cached on the dialogue lengths (and speakers where relations depend on them), built from
+:mod:`merc.graphs` so that no backbone carries a fixed maximum dialogue length.
+
+Why here: the backbones differ in their context / graph mechanism only; the fusion and the
+encoders are common, and caching the graphs once per batch shape keeps CPU training fast.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from merc.data.dataset import Batch
+from merc.graphs import corect_graph, window_edges
+from merc.models.base import Output
+
+EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
+
+
+def to_padded(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scatter per-utterance rows [U, C] (flat batch order) back to padded [B, N, C]."""
+    out = flat.new_zeros(*mask.shape, flat.shape[-1])
+    out[mask] = flat
+    return out
+
+
+def late_fusion_output(modality_logits: dict[str, torch.Tensor]) -> Output:
+    """SPCL Eq. (2): z^joint = sum_m z^m; the per-modality z^m (Eq. (1)) ride along for SPCL."""
+    joint = torch.stack(list(modality_logits.values()), dim=0).sum(dim=0)
+    return Output(logits=joint, modality_logits=dict(modality_logits))
+
+
+def _heads_for(dim: int, wanted: int) -> int:
+    """``wanted`` if it divides ``dim``, else the largest divisor of ``dim`` below it (>= 1)."""
+    for h in range(min(wanted, dim), 0, -1):
+        if dim % h == 0:
+            return h
+    return 1
+
+
+class SequenceEncoder(nn.Module):
+    """Context encoder over one dialogue's utterances of one modality, padded [B, N, d] -> [B, N, e].
+
+    ``gru`` / ``lstm``: a bidirectional recurrent net (e = 2 * hidden), packed by the dialogue
+    lengths so padding never leaks into the backward direction. ``transformer``: a linear map to
+    ``hidden`` then a Transformer encoder with a key padding mask (e = hidden; no positional
+    encoding, as in the SPCL copy whose order information comes from the graph). ``linear``:
+    Linear + ReLU per utterance, no context (MMGCN's audio / visual encoders; e = hidden).
+    """
+
+    def __init__(self, kind: EncoderKind, in_dim: int, hidden: int, dropout: float,
+                 layers: int = 1, heads: int = 4):
+        super().__init__()
+        self.kind = kind
+        if kind in ("gru", "lstm"):
+            rnn = nn.GRU if kind == "gru" else nn.LSTM
+            self.rnn = rnn(in_dim, hidden, num_layers=layers, batch_first=True, bidirectional=True,
+                           dropout=dropout if layers > 1 else 0.0)
+            self.out_dim = 2 * hidden
+        elif kind == "transformer":
+            self.proj = nn.Linear(in_dim, hidden)
+            layer = nn.TransformerEncoderLayer(hidden, _heads_for(hidden, heads), 2 * hidden,
+                                               dropout, batch_first=True)
+            self.tf = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+            self.out_dim = hidden
+        elif kind == "linear":
+            self.proj = nn.Linear(in_dim, hidden)
+            self.out_dim = hidden
+        else:
+            raise ValueError(f"encoder kind must be gru, lstm, transformer or linear, found {kind!r}")
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.kind in ("gru", "lstm"):
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+            return out
+        if self.kind == "transformer":
+            return self.tf(self.proj(x), src_key_padding_mask=~mask)
+        return torch.relu(self.proj(x))
+
+
+# ---- cached graphs ---------------------------------------------------------------------------
+
+def _key(lengths: torch.Tensor) -> tuple[int, ...]:
+    return tuple(int(v) for v in lengths.tolist())
+
+
+@lru_cache(maxsize=256)
+def _window(lengths: tuple[int, ...], past: int, future: int, device: str) -> torch.Tensor:
+    return window_edges(lengths, past, future, self_loops=True).to(device)
+
+
+def cached_window_edges(lengths: torch.Tensor, past: int, future: int,
+                        device: torch.device | str) -> torch.Tensor:
+    """Utterance window graph with self loops (node i receives from j in [i-past, i+future],
+    -1 = unbounded), cached on the lengths. Shared tensor: do not modify in place."""
+    return _window(_key(lengths), int(past), int(future), str(device))
+
+
+def speaker_relation_types(edge_index: torch.Tensor, speakers_flat: torch.Tensor,
+                           num_speakers: int) -> torch.Tensor:
+    """DialogueGCN's 2 * S^2 relations: (speaker of source, speaker of target, source after target).
+
+    ``type = 2 * (S * spk[src] + spk[dst]) + [src > dst]``; a self loop counts as "not after"
+    (the original's ``j <= k`` ordering puts the self loop with the past edges).
+    """
+    src, dst = edge_index
+    after = (src > dst).long()
+    return 2 * (num_speakers * speakers_flat[src] + speakers_flat[dst]) + after
+
+
+def multimodal_graph(lengths: torch.Tensor, num_modalities: int, device) -> torch.Tensor:
+    """MMGCN's multimodal graph as an edge list over modality-major nodes ``k * U + u``:
+    within each modality every utterance of a dialogue is joined to every other and to itself,
+    across modalities only the nodes of the *same* utterance are joined. That is exactly CORECT's
+    relational graph with unbounded windows (:func:`merc.graphs.corect_graph`, cached); the
+    relation types are not used here."""
+    g = corect_graph(lengths, num_modalities, -1, -1, "paper", True, True, device)
+    return g.edge_index
+
+
+def angular_norm_weights(x: torch.Tensor, edge_index: torch.Tensor, num_nodes: int,
+                         shrink: float = 0.99999) -> torch.Tensor:
+    """MMGCN edge weights: A_ij = 1 - arccos(cos(x_i, x_j)) / pi, then symmetric normalisation
+    D^{-1/2} A D^{-1/2} with D the row sums (the edge set is symmetric).
+
+    The cosine is multiplied by ``shrink`` (0.99999 in MMGCN and the SPCL copy) so that arccos
+    stays differentiable at cos = 1 (every self loop).
+    """
+    src, dst = edge_index
+    xn = torch.nn.functional.normalize(x, dim=-1)
+    cos = (xn[src] * xn[dst]).sum(-1).clamp(-1.0, 1.0) * shrink
+    w = 1.0 - torch.arccos(cos) / math.pi
+    deg = torch.zeros(num_nodes, dtype=w.dtype, device=w.device).index_add_(0, dst, w)
+    dinv = deg.clamp(min=1e-12).rsqrt()
+    return dinv[src] * w * dinv[dst]
+
+
+def flat_nodes(xs: list[torch.Tensor], batch: Batch) -> torch.Tensor:
+    """Stack per-modality padded features into modality-major node rows [M * U, d]."""
+    return torch.cat([x[batch.mask] for x in xs], dim=0)
+
+
+def clear_cache() -> None:
+    _window.cache_clear()
