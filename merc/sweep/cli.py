@@ -73,7 +73,8 @@ def add_run_arguments(p: argparse.ArgumentParser, with_spec: bool = True) -> Non
     p.add_argument("--confirm-seeds", type=int, default=0, help="... with N fresh seeds")
     p.add_argument("--import", dest="imports", action="append", default=[],
                    help="extra module to import in the driver and every trial (registers models)")
-    p.add_argument("-v", "--verbose", type=int, default=1, help="Ray Tune verbosity 0-2")
+    p.add_argument("-v", "--verbose", type=int, default=1, help="0 quiet, 1 a line per finished trial (default), 2-3 also Ray Tune's "
+                        "status tables (its verbosity 1-2)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -260,6 +260,15 @@ def plot_search(storage_url: str, study_name: str, out_dir: Path,
     return paths, imp, ev_name
 
 
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub table without the optional ``tabulate`` dependency."""
+    cols = [str(c) for c in df.columns]
+    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        out.append("| " + " | ".join(fmt_value(v) for v in r.values) + " |")
+    return "\n".join(out)
+
+
 def state_counts(df: pd.DataFrame) -> dict[str, int]:
     if not len(df):
         return {}

@@ -62,7 +62,7 @@ class SweepOptions:
     confirm_top: int = 0
     confirm_seeds: int = 0
     imports: list[str] = field(default_factory=list)
-    verbose: int = 1
+    verbose: int = 1                     # 0 quiet, 1 one line per trial, 2+ Ray Tune's output
     print_fn: Any = print
 
 
@@ -395,7 +395,7 @@ class _Sweep:
         cb = MercMLflowCallback(self.tracking_uri, self.exp_id, self.parent_id, name,
                                 metric=spec.metric, epochs=self.epochs, tags=tags,
                                 varied=varied, stage=stage,
-                                study=self.study.name if self.study else "")
+                                study=self.study.name if self.study else "", total=num)
         self.varied = varied
         maxc = o.max_concurrent or None
         tuner = tune.Tuner(
@@ -405,7 +405,7 @@ class _Sweep:
                 num_samples=num, max_concurrent_trials=maxc,
                 trial_dirname_creator=lambda t: f"{t.trial_id}"),
             run_config=tune.RunConfig(
-                name=name, storage_path=self.storage, callbacks=[cb], verbose=o.verbose,
+                name=name, storage_path=self.storage, callbacks=[cb], verbose=max(0, o.verbose - 1),
                 failure_config=tune.FailureConfig(max_failures=o.retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
         return tuner
@@ -469,7 +469,7 @@ class _Sweep:
         return md
 
     def finish_search(self, out: Path) -> str:
-        from merc.sweep.report import plot_search, search_table, state_counts
+        from merc.sweep.report import plot_search, search_table, state_counts, to_markdown
         df = self.child_frame(self.name)
         counts = state_counts(df)
         self.counts = counts
@@ -481,7 +481,7 @@ class _Sweep:
                     f"{counts.get('pruned', 0)} pruned (excluded), {counts.get('errored', 0)} "
                     f"errored (excluded). Top configurations by selected {self.spec.metric}:", ""]
         if len(tab):
-            md_lines.append(tab.to_markdown(index=False, floatfmt=".4g"))
+            md_lines.append(to_markdown(tab))
         paths, imp, ev = plot_search(self.optuna_url, self.name, out / "plots",
                                      "maximize" if self.spec.mode == "max" else "minimize")
         if imp:

@@ -619,6 +619,12 @@ def load_spec(path: str | Path, quick: bool = False) -> SweepSpec:
                 spec.search.pruner = pr
         if "num_samples" in sq and quick:
             spec.search.num_samples = sq["num_samples"]
+        qspace = _mapping(ctx, "search.quick.space", sq.get("space"))
+        for k, v in qspace.items():
+            name = ctx.key(f"search.quick.space.{k}", k)
+            d = parse_dist(ctx, f"search.quick.space.{k}", name, v)
+            if quick:
+                spec.search.space[name] = d
     studies = _mapping(ctx, "studies", raw.get("studies"))
     for name, st in studies.items():
         spec.studies[str(name)] = _parse_study(ctx, str(name), st, quick)

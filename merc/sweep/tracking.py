@@ -122,7 +122,9 @@ class MercMLflowCallback(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_id: str,
                  *, metric: str, epochs: int, tags: dict[str, str], varied: list[str],
-                 stage: str, study: str = ""):
+                 stage: str, study: str = "", total: int = 0, progress: bool = True):
+        self.total = total
+        self.progress = progress
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -271,6 +273,12 @@ class MercMLflowCallback(Callback):
             self._log_model(trial, rid)
         self.client.set_terminated(rid, "FINISHED" if status != "errored" else "FAILED")
         self._done.add(tid)
+        if self.progress:
+            sel = r.get(f"sel_{self.metric}")
+            val = f"sel {self.metric} {sel:.2f}" if isinstance(sel, float) else ""
+            t = f"{r.get('time_total_s', 0):.1f}s"
+            print(f"[merc] {len(self._done)}/{self.total or '?'} {self._run_name(trial)[:90]}: "
+                  f"{status} {val} {t} {('- ' + reason[:120]) if reason else ''}", flush=True)
 
     def _log_model(self, trial, rid: str) -> None:
         ck = trial.checkpoint
