@@ -41,3 +41,25 @@ def small_dir(tmp_path_factory):
 
 
 # ---- sweep-layer fixtures (session-scoped Ray etc.) live below this line ----
+
+
+# ------------------------------------------------------------------------------------------------
+# BEGIN sweep section (owned by the sweep engine; tests/test_sweep_*.py): ONE session-scoped local
+# Ray instance shared by every sweep test. Trials are Ray workers; drivers started in
+# subprocesses join it through `ray_local["address"]`.
+@pytest.fixture(scope="session")
+def ray_local(tmp_path_factory):
+    import ray
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    started = False
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 )
+        started = True
+    yield {"address": ray.get_runtime_context().gcs_address}
+    if started:
+        ray.shutdown()
+# END sweep section
+# ------------------------------------------------------------------------------------------------

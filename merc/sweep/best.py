@@ -49,6 +49,7 @@ def _stats(x) -> dict:
 def export_best(experiment: str, *, metric: str = "val_wf1", alias: str = "champion",
                 out: str = "best.yaml", tracking_uri: Optional[str] = None,
                 sweep: Optional[str] = None, model_name: Optional[str] = None) -> BestResult:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import torch
     from mlflow.tracking import MlflowClient
 

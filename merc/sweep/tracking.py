@@ -262,6 +262,10 @@ class MercMLflowCallback(Callback):
         tags = [RunTag("merc.status", status), RunTag("merc.fit_status", fit_status),
                 RunTag("merc.reason", reason[:5000]),
                 RunTag("merc.full_budget", "1" if status == "completed" else "0")]
+        if r.get("node_id"):
+            tags.append(RunTag("ray.node_id", str(r["node_id"])))
+        if r.get("hostname"):
+            tags.append(RunTag("ray.hostname", str(r["hostname"])))
         ts = int(time.time() * 1000)
         finals = [Metric(k, float(v), ts, 0) for k, v in r.items()
                   if k.startswith("sel_") and isinstance(v, (int, float)) and math.isfinite(v)]

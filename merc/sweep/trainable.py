@@ -98,6 +98,11 @@ def run_trial(config: dict) -> None:
                 resume = torch.load(p, map_location="cpu", weights_only=True)
 
     pending: dict[str, Any] = {}
+    try:
+        import ray
+        node_id = ray.get_runtime_context().get_node_id()
+    except Exception:
+        node_id = ""
 
     def checkpoint(state: dict, epoch: int) -> None:
         pending["state"] = state
@@ -109,6 +114,7 @@ def run_trial(config: dict) -> None:
                                                   >= train.early_stopping)
         last = epoch + 1 >= train.epochs or stop_es
         m["merc_last"] = 1.0 if last else 0.0
+        m["node_id"] = node_id
         state = pending.pop("state", None)
         if state is None:
             tune.report(m)
