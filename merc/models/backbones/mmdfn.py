@@ -33,10 +33,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
-from torch_geometric.nn import GCN2Conv
-
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
+from merc.models.backbones._common import GCNIILayer
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.backbones.mmgcn import MultimodalGraphEncoder, split_heads
 from merc.models.base import MercModel, Output, register_model
@@ -72,9 +71,7 @@ class MMDFN(MercModel):
         d, h = self.graph.dim, cfg.hidden_size
         self.modalities = self.graph.modalities
         self.fc_in = nn.Linear(d, h)
-        self.convs = nn.ModuleList(GCN2Conv(h, alpha=cfg.gcn_alpha, theta=cfg.gcn_lambda,
-                                            layer=l + 1, shared_weights=True, normalize=False,
-                                            add_self_loops=False)
+        self.convs = nn.ModuleList(GCNIILayer(h, cfg.gcn_alpha, cfg.gcn_lambda, l + 1)
                                    for l in range(cfg.gcn_layers))
         self.gates = nn.ModuleList(nn.GRUCell(h, h) for _ in range(cfg.gcn_layers))
         self.drop = nn.Dropout(cfg.dropout)
@@ -82,11 +79,12 @@ class MMDFN(MercModel):
                                     for m in self.modalities})
 
     def forward(self, batch: Batch) -> Output:
-        nodes, edge_index, w = self.graph(batch)
+        nodes, adj = self.graph(batch)
         h0 = torch.relu(self.fc_in(self.drop(nodes)))
         h = h0
         for conv, gate in zip(self.convs, self.gates):
-            c = torch.relu(conv(self.drop(h), h0, edge_index, w))   # graph aggregation C^(l)
-            h = gate(c, h)                                           # gated filtering across layers
+            c = torch.relu(conv(self.drop(h), h0, adj))              # graph aggregation C^(l)
+            # gated filtering across layers: GRUCell(input C^(l), hidden H^(l-1)) per node
+            h = gate(c.reshape(-1, c.shape[-1]), h.reshape(-1, h.shape[-1])).view_as(c)
         out = self.drop(torch.cat([nodes, h], -1))
         return split_heads(out, self.modalities, self.heads, batch.mask)
