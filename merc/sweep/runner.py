@@ -403,6 +403,9 @@ class _Sweep:
             tune_config=tune.TuneConfig(
                 metric=spec.metric, mode=spec.mode, search_alg=searcher, scheduler=scheduler,
                 num_samples=num, max_concurrent_trials=maxc,
+                # a worker process imports torch/PyG/merc once and runs trial after trial
+                # (fit() re-seeds everything; the opened dataset is cached per process)
+                reuse_actors=True,
                 trial_dirname_creator=lambda t: f"{t.trial_id}"),
             run_config=tune.RunConfig(
                 name=name, storage_path=self.storage, callbacks=[cb], verbose=max(0, o.verbose - 1),

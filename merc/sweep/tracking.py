@@ -301,8 +301,11 @@ class MercMLflowCallback(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         err = None
-        try:
-            err = trial.get_error()
+        try:   # written driver-side just before this hook; synced to storage only later
+            if trial.error_file and Path(trial.error_file).is_file():
+                err = Path(trial.error_file).read_text()
+            else:
+                err = trial.get_error()
         except Exception:
             pass
         text = str(err or "trial raised")
