@@ -20,7 +20,6 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from merc.data.dataset import Batch
 from merc.graphs import corect_graph, window_edges
 from merc.models.base import Output
 
@@ -198,10 +197,6 @@ class GCNIILayer(nn.Module):
         return (1.0 - self.beta) * support + self.beta * (support @ self.weight)
 
 
-def flat_nodes(xs: list[torch.Tensor], batch: Batch) -> torch.Tensor:
-    """Stack per-modality padded features into modality-major node rows [M * U, d]."""
-    return torch.cat([x[batch.mask] for x in xs], dim=0)
-
-
 def clear_cache() -> None:
+    """Drop the cached window graphs."""
     _window.cache_clear()
