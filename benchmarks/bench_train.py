@@ -1,0 +1,178 @@
+"""Training speed per registered model: epoch time (train part and evaluation of valid + test) on
+the synthetic IEMOCAP-shaped data (108/12/31 dialogues, a100/t768/v512) at each model's paper
+defaults for IEMOCAP-6, and the share of a training step spent in graph construction, forward,
+backward, optimizer step and batching (timers from :mod:`benchmarks.instrument`, around one real
+``merc.train.fit`` call per model).
+
+Threads: the fits run with ``threads=1``, the setting of a sweep trial with the default
+``--cpus-per-trial 1`` (Ray sets one thread per CPU of the trial), and the only reproducible one on
+a shared 2-core machine. A separate, interleaved measurement compares CORECT training steps at 1
+and at all torch threads on the same batches.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Clock, Context, PhaseTimer, load_average, summary, target
+from benchmarks.instrument import instrumented, step_shares
+
+GRAPH_TARGET = 0.05
+
+
+def dataset(ctx: Context) -> tuple[Path, str]:
+    from merc.data.synthetic import PRESETS, resolve_data, synth
+    if not ctx.quick:
+        return resolve_data("synthetic:iemocap6"), "synthetic:iemocap6 (108/12/31 dialogues, " \
+                                                   "5146/664/1623 utterances)"
+    cfg = PRESETS["iemocap6"].model_copy(update={
+        "name": "synthetic-iemocap6-bench-quick", "utterances": None,
+        "dialogues": {"train": 10, "valid": 2, "test": 2}})
+    path = ctx.tmp("data") / "iemocap6-quick"
+    if not (path / "manifest.json").is_file():
+        synth(path, cfg, seed=0)
+    return path, "synthetic IEMOCAP-6 preset reduced to 10/2/2 dialogues (IEMOCAP lengths " \
+                 "and dims)"
+
+
+def bench_model(name: str, root: Path, epochs: int, threads: int) -> dict:
+    from merc.data.dataset import MercData
+    from merc.graphs import _corect_graph
+    from merc.train import fit, resolve_config
+    train, mcfg = resolve_config(name, {"epochs": epochs, "threads": threads,
+                                        "early_stopping": 0}, "iemocap6", source="benchmark")
+    data = MercData(root, train.modalities, train.missing_rate, train.seed, train.missing_redraw)
+    timer = PhaseTimer()
+    ci0 = _corect_graph.cache_info()
+    with instrumented(timer):
+        with Clock() as c:
+            res = fit(name, data, train, mcfg)
+    ci1 = _corect_graph.cache_info()
+    h = res.history
+    train_s = [m["train_time"] for m in h]
+    eval_s = [m["epoch_time"] - m["train_time"] for m in h]
+    steps_per_epoch = -(-len(data["train"]) // train.batch_size)
+    steps = steps_per_epoch * len(h)
+    total_train = sum(train_s)
+    wall = step_shares(timer, total_train, "wall")
+    cpu = step_shares(timer, float("nan"), "cpu")
+    timed_cpu = sum(v for k, v in cpu.items() if k != "other")
+    return {
+        "model": name, "status": res.status, "epochs": len(h), "params": res.num_params,
+        "batch_size": train.batch_size, "steps_per_epoch": steps_per_epoch,
+        "epoch_time": summary([m["epoch_time"] for m in h]),
+        "train_time": summary(train_s), "eval_time": summary(eval_s),
+        "step_time": summary([t / steps_per_epoch for t in train_s]),
+        "step_share_wall": {k: v / total_train for k, v in wall.items()},
+        "step_seconds_wall": {k: v / steps for k, v in wall.items()},
+        "step_share_cpu_of_timed": {k: v / timed_cpu for k, v in cpu.items() if k != "other"},
+        "graph_calls_train": timer.calls.get("train/graph", 0),
+        "graph_cache": {"hits": ci1.hits - ci0.hits, "misses": ci1.misses - ci0.misses},
+        "eval_graph_s": timer.wall.get("eval/graph", 0.0),
+        "fit_wall_s": c.wall, "fit_cpu_s": c.cpu,
+        "final_val_wf1": h[-1].get("val_wf1") if h else None,
+    }
+
+
+def thread_comparison(root: Path, n_steps: int) -> dict:
+    """CORECT train steps on the same batches, alternating 1 / all torch threads (interleaved)."""
+    from merc.data.dataset import MercData
+    from merc.models import build_model
+    from merc.train import _per_utterance_loss, resolve_config, seed_everything
+    all_threads = torch.get_num_threads()
+    if all_threads == 1:
+        return {}
+    train, mcfg = resolve_config("corect", {}, "iemocap6", source="benchmark")
+    data = MercData(root)
+    seed_everything(0)
+    model = build_model("corect", mcfg, data.meta)
+    opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+    batches = list(data["train"].batches(train.batch_size))[:max(1, n_steps)]
+    times = {1: [], all_threads: []}
+    model.train()
+    for i in range(n_steps):
+        b = batches[i % len(batches)]
+        for th in (1, all_threads):
+            torch.set_num_threads(th)
+            with Clock() as c:
+                out = model(b)
+                keep = (b.labels != -100).float()
+                loss = (_per_utterance_loss(out, b, None) * keep).sum() / keep.sum()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            times[th].append(c.wall)
+    torch.set_num_threads(all_threads)
+    return {f"corect step threads={th}": summary(v) for th, v in times.items()}
+
+
+def run(ctx: Context) -> dict:
+    from merc.models import model_names
+    la0 = load_average()
+    root, desc = dataset(ctx)
+    epochs = 2 if ctx.quick else 3
+    threads = 1
+    names = model_names()
+    results, errors = [], {}
+    for name in names:
+        ctx.log(f"[train] {name}: {epochs} epochs ...")
+        t0 = time.time()
+        try:
+            r = bench_model(name, root, epochs, threads)
+            results.append(r)
+            ctx.log(f"[train] {name}: epoch {r['epoch_time']['median']:.1f}s "
+                    f"(train {r['train_time']['median']:.1f}s, eval {r['eval_time']['median']:.1f}s)"
+                    f", graph share {r['step_share_wall']['graph'] * 100:.2f}% "
+                    f"[{time.time() - t0:.0f}s]")
+        except Exception as err:  # a model being added elsewhere may not train yet: record it
+            errors[name] = f"{type(err).__name__}: {err}"
+            ctx.log(f"[train] {name}: FAILED {errors[name]}")
+    ms = {}
+    rows = []
+    for r in results:
+        n = r["model"]
+        ms[f"{n} epoch"] = r["epoch_time"]
+        ms[f"{n} epoch train part"] = r["train_time"]
+        ms[f"{n} epoch eval part (valid+test)"] = r["eval_time"]
+        ms[f"{n} train step"] = r["step_time"]
+        sh = r["step_share_wall"]
+        rows.append([n, f"{r['params'] / 1e6:.2f}M", f"{r['epoch_time']['median']:.1f}",
+                     f"{r['train_time']['median']:.1f}", f"{r['eval_time']['median']:.1f}",
+                     f"{r['step_time']['median']:.2f}"] +
+                    [f"{sh[k] * 100:.1f}%" for k in ("graph", "forward_excl_graph", "backward",
+                                                     "optimizer", "batching", "other")] +
+                    [f"{r['graph_cache']['hits']}/{r['graph_cache']['hits'] + r['graph_cache']['misses']}"])
+    thr = {}
+    if not ctx.quick:
+        ctx.log("[train] CORECT steps, 1 vs all threads, interleaved ...")
+        thr = thread_comparison(root, 3)
+        ms.update(thr)
+    targets = []
+    cor = next((r for r in results if r["model"] == "corect"), None)
+    if cor:
+        g = cor["step_share_wall"]["graph"]
+        targets.append(target("graph construction share of a CORECT training step",
+                              f"<= {GRAPH_TARGET * 100:.0f}%", round(g * 100, 3), g <= GRAPH_TARGET,
+                              f"{cor['step_seconds_wall']['graph'] * 1e3:.2f} ms of a "
+                              f"{cor['step_time']['median']:.2f} s step (wall)"))
+    notes = [f"{n}: {e}" for n, e in errors.items()]
+    notes.append("step shares are of the summed wall time of the training part of all epochs; "
+                 "'other' = loss, zero_grad, clipping, strategy hooks and loop bookkeeping; "
+                 "'cache hits' counts LRU hits of the CORECT graph cache in training + evaluation "
+                 "(training batches are reshuffled every epoch, so their graphs are rarely reused)")
+    return {
+        "description": __doc__.strip().split("\n\n")[0],
+        "setup": {"data": desc, "epochs": epochs, "torch_threads": threads,
+                  "config": "paper defaults (family iemocap6), early stopping off",
+                  "models": names},
+        "measurements": ms,
+        "tables": [{"title": "Per model (medians over epochs; step shares of wall time)",
+                    "columns": ["model", "params", "epoch s", "train s", "eval s", "step s",
+                                "graph", "forward", "backward", "optimizer", "batching", "other",
+                                "graph cache hits"],
+                    "rows": rows}],
+        "models": results, "errors": errors, "targets": targets, "notes": notes,
+        "load_average": {"start": la0, "end": load_average()},
+    }
