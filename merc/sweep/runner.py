@@ -254,8 +254,7 @@ class _Sweep:
         from merc.sweep.tracking import (MlflowClient, check_tracking, ensure_experiment,
                                          find_runs)
         check_tracking(self.tracking_uri)
-        import mlflow
-        mlflow.set_tracking_uri(self.tracking_uri)
+        # (no mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI process-wide)
         self.client = client = MlflowClient(self.tracking_uri)
         try:
             self.exp_id = ensure_experiment(client, self.experiment)
