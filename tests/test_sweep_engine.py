@@ -99,6 +99,12 @@ def test_search_quick_prunes_and_best_reproduces(ray_local, tmp_path, monkeypatc
     from merc.sweep.best import reproduce
     got = reproduce("best.yaml")
     assert got["val_wf1"] == best["champion"]["sel_val_wf1"]   # exactly, on CPU
+    import json
+    r = subprocess.run([sys.executable, "-m", "merc.cli", "train", "--config", "best.yaml",
+                        "--json", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["val_wf1"] == \
+        best["champion"]["sel_val_wf1"]
     # the registered artifact rebuilds the model from state dict + JSON config
     from merc.train import load_model
     local = _client(uri).download_artifacts(mv.run_id, "model/model.pt", str(tmp_path))

@@ -172,11 +172,32 @@ class MercMLflowCallback(Callback):
         name = f"{self.stage} {num} | seed {seed} | {parts}"
         return name[:240]
 
-    def _lookup(self, trial_id: str) -> Optional[str]:
+    @staticmethod
+    def trial_key(config: dict) -> str:
+        """A trial's identity that survives a driver crash: grid point + seed for studies (the
+        grid searcher re-suggests a config whose trial was never snapshotted, under a new trial
+        id), the Optuna trial number for searches."""
+        if config.get("_point") is not None:
+            return f"{config['_point']}|seed={config.get('seed')}"
+        if config.get("_optuna"):
+            return f"optuna#{config['_optuna']['number']}"
+        return ""
+
+    def _lookup(self, trial) -> Optional[str]:
+        base = f"tags.`merc.sweep_id` = '{self.sweep_id}' and "
         runs = find_runs(self.client, self.experiment_id,
-                         f"tags.`merc.sweep_id` = '{self.sweep_id}' and "
-                         f"tags.`ray.trial_id` = '{trial_id}'", max_results=10)
-        return runs[0].info.run_id if runs else None
+                         base + f"tags.`ray.trial_id` = '{trial.trial_id}'", max_results=10)
+        if runs:
+            return runs[0].info.run_id
+        key = self.trial_key(trial.config)
+        if key and trial.config.get("_point") is not None:
+            runs = find_runs(self.client, self.experiment_id,
+                             base + f"tags.`merc.trial_key` = '{key}'", max_results=10)
+            if runs:   # same grid cell, new Ray trial id: adopt the run
+                rid = runs[0].info.run_id
+                self.client.set_tag(rid, "ray.trial_id", trial.trial_id)
+                return rid
+        return None
 
     def _last_step(self, run_id: str) -> int:
         try:
@@ -189,7 +210,7 @@ class MercMLflowCallback(Callback):
         tid = trial.trial_id
         if tid in self._runs:
             return self._runs[tid]
-        rid = self._lookup(tid)
+        rid = self._lookup(trial)
         if rid is not None:
             self._runs[tid] = rid
             self._steps[tid] = self._last_step(rid)
@@ -200,7 +221,8 @@ class MercMLflowCallback(Callback):
         flat = flat_of(cfg)
         tags = {"mlflow.parentRunId": self.parent_run_id, "merc.sweep_id": self.sweep_id,
                 "ray.trial_id": tid, "merc.stage": self.stage, "merc.seed": str(cfg.get("seed")),
-                "merc.config_hash": config_hash(flat), "merc.status": "running", **self.tags}
+                "merc.config_hash": config_hash(flat), "merc.status": "running",
+                "merc.trial_key": self.trial_key(cfg), **self.tags}
         if self.study:
             tags["merc.study"] = self.study
         if cfg.get("_point") is not None:
@@ -295,6 +317,25 @@ class MercMLflowCallback(Callback):
                     self.client.log_artifact(rid, str(p), "model")
         except Exception as err:  # never let artifact upload kill the sweep
             log.warning("trial %s: could not log model artifact: %s", trial.trial_id, err)
+
+    def on_experiment_end(self, trials, **info):
+        """Runs of trials the restored experiment never knew (started by a killed driver after
+        its last snapshot; a search re-samples instead) are closed and soft-deleted, so the
+        sweep keeps one child per trial."""
+        known = {t.trial_id for t in trials}
+        try:
+            runs = find_runs(self.client, self.experiment_id,
+                             f"tags.`merc.sweep_id` = '{self.sweep_id}' and "
+                             f"attributes.status = 'RUNNING'")
+        except Exception:
+            return
+        for r in runs:
+            if r.data.tags.get("ray.trial_id") not in known:
+                self.client.set_tag(r.info.run_id, "merc.status", "lost")
+                self.client.set_tag(r.info.run_id, "merc.reason", "started by a driver that was "
+                                    "killed before its experiment snapshot; not resumable")
+                self.client.set_terminated(r.info.run_id, "KILLED")
+                self.client.delete_run(r.info.run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._finish(trial, None)
