@@ -74,10 +74,16 @@ def test_search_quick_prunes_and_best_reproduces(ray_local, tmp_path, monkeypatc
     import optuna
     import yaml
     monkeypatch.chdir(tmp_path)
-    assert _main(["--search", "--quick", "--num-samples", "8"]) == 0
+    assert _main(["--search", "--quick", "--num-samples", "8", "--confirm-top", "2",
+                  "--confirm-seeds", "1"]) == 0
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parents, children = _runs(uri, "corect-search")
+    confirm = [r for r in children if r.data.tags["merc.stage"] == "confirm"]
+    children = [r for r in children if r.data.tags["merc.stage"] == "search"]
     assert len(parents) == 1 and len(children) == 8
+    # top-2 completed configurations re-run with one fresh seed each
+    assert len(confirm) == 2 and {r.data.tags["merc.seed"] for r in confirm} == {"100"}
+    assert all(r.data.tags["merc.status"] == "completed" for r in confirm)
     pruned = [r for r in children if r.data.tags["merc.status"] == "pruned"]
     assert pruned, [r.data.tags["merc.status"] for r in children]
     assert "optuna MedianPruner" in pruned[0].data.tags["merc.reason"]
@@ -91,6 +97,8 @@ def test_search_quick_prunes_and_best_reproduces(ray_local, tmp_path, monkeypatc
     from merc.sweep.cli import main
     assert main(["best", "--experiment", "corect-search", "--out", "best.yaml"]) == 0
     best = yaml.safe_load(Path("best.yaml").read_text())
+    assert best["selected_from"].startswith("confirmation")
+    assert best["champion"]["run_id"] in {r.info.run_id for r in confirm}
     mv = _client(uri).get_model_version_by_alias("merc-corect", "champion")
     assert mv.run_id == best["champion"]["run_id"]
     from merc.sweep.spec import load_fixed_config

@@ -558,20 +558,13 @@ class _Sweep:
         return text, {"point": best_point, "val_mean": float(g.iloc[0]["mean"])}
 
     def _typed_params(self, row) -> dict:
-        """A child run's flat config, typed (through the config classes)."""
-        flat = {k[2:]: v for k, v in row.items() if isinstance(k, str) and k.startswith("p.")
-                and isinstance(v, str)}
-        from merc.train import TrainConfig
-        from merc.models import get_entry
-        fields = {**TrainConfig.model_fields, **get_entry(self.spec.model).config_cls.model_fields}
-        out = {}
-        for k, v in flat.items():
-            if k not in fields:
-                continue
-            out[k] = None if v == "None" else v
-        t, m = __import__("merc.train", fromlist=["x"]).resolve_config(
-            self.spec.model, out, self.family, source="mlflow params")
-        return {**t.model_dump(), **m.model_dump()}
+        """A search trial's flat config, exactly as Ray ran it (from the restored trial list)."""
+        from merc.sweep.trainable import flat_of
+        cfg = self.trial_configs.get(row.trial_id)
+        if cfg is None:
+            raise SpecError(f"confirm: trial {row.trial_id} of run {row.run_id} is not in the "
+                            f"sweep's Ray experiment {self.path()}")
+        return flat_of(cfg)
 
     def run(self) -> SweepOutcome:
         o = self.o
@@ -588,6 +581,7 @@ class _Sweep:
         configs = self.study_configs() if self.study else None
         _, trials, interrupted = self.run_stage(self.name, self.kind if self.study else "search",
                                                 configs)
+        self.trial_configs = {t.trial_id: t.config for t in trials}
         outcome = SweepOutcome(EXIT_OK, self.name, self.experiment, self.parent_id,
                                self.tracking_uri, self.path(), optuna_storage=self.optuna_url)
         resume_cmd = f"--resume --name {self.name}"

@@ -165,7 +165,7 @@ class MercMLflowCallback(Callback):
         cfg = trial.config
         seed = cfg.get("seed")
         if cfg.get("_point") is not None:
-            return f"{self.study}: {cfg['_point']} | seed {seed}"
+            return f"{self.study or self.stage}: {cfg['_point']} | seed {seed}"
         o = cfg.get("_optuna")
         num = f"#{o['number']:03d}" if o else trial.trial_id
         parts = ", ".join(f"{k}={_fmt(cfg[k])}" for k in self.varied if k in cfg)
