@@ -157,7 +157,8 @@ class MercMLflowCallback(Callback):
 
     def set_state(self, state: dict) -> None:
         self._runs = dict(state.get("runs", {}))
-        self._steps = dict(state.get("steps", {}))
+        # the snapshot can be older than what a killed driver logged: re-read steps from MLflow
+        self._steps = {}
         self._done = set(state.get("done", []))
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -209,6 +210,8 @@ class MercMLflowCallback(Callback):
     def run_for(self, trial) -> str:
         tid = trial.trial_id
         if tid in self._runs:
+            if tid not in self._steps:
+                self._steps[tid] = self._last_step(self._runs[tid])
             return self._runs[tid]
         rid = self._lookup(trial)
         if rid is not None:
@@ -330,7 +333,8 @@ class MercMLflowCallback(Callback):
         except Exception:
             return
         for r in runs:
-            if r.data.tags.get("ray.trial_id") not in known:
+            tid = r.data.tags.get("ray.trial_id")
+            if tid and r.data.tags.get("mlflow.parentRunId") and tid not in known:
                 self.client.set_tag(r.info.run_id, "merc.status", "lost")
                 self.client.set_tag(r.info.run_id, "merc.reason", "started by a driver that was "
                                     "killed before its experiment snapshot; not resumable")
