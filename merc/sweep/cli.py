@@ -131,17 +131,18 @@ def cmd_best(args: argparse.Namespace) -> int:
 
 
 def add_sweep_commands(subparsers) -> None:
-    """Add ``sweep`` (validate | run) and ``best`` to ``merc``'s subparsers."""
+    """Add ``sweep`` (validate | run) and ``best`` to ``merc``'s subparsers (handlers are set as both
+    ``func`` and ``fn`` defaults)."""
     sw = subparsers.add_parser("sweep", help="validate and run sweeps (Ray Tune + Optuna + "
                                              "MLflow)")
     sub = sw.add_subparsers(dest="sweep_command", required=True)
     v = sub.add_parser("validate", help="check a search-space file (exit 2 if malformed)")
     v.add_argument("file")
     v.add_argument("--quick", action="store_true", help="also resolve the quick variant")
-    v.set_defaults(func=cmd_validate)
+    v.set_defaults(func=cmd_validate, fn=cmd_validate)
     r = sub.add_parser("run", help="run or resume a study or a search")
     add_run_arguments(r)
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, fn=cmd_run)
     b = subparsers.add_parser("best", help="export the best configuration (best.yaml) and "
                                            "register the champion model")
     b.add_argument("--experiment", required=True, help="MLflow experiment of the sweep")
@@ -151,7 +152,7 @@ def add_sweep_commands(subparsers) -> None:
     b.add_argument("--registered-name", help="registered model name (default merc-<model>)")
     b.add_argument("--out", default="best.yaml")
     b.add_argument("--mlflow-uri", help="tracking URI (default: sqlite ./mlflow.db)")
-    b.set_defaults(func=cmd_best)
+    b.set_defaults(func=cmd_best, fn=cmd_best)
 
 
 def model_script_main(model: str, argv: Optional[Sequence[str]] = None) -> int:
