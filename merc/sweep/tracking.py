@@ -200,6 +200,11 @@ class MercMLflowCallback(Callback):
                 return rid
         return None
 
+    @staticmethod
+    def _final(run) -> bool:
+        return run.info.status in ("FINISHED", "FAILED") and \
+            run.data.tags.get("merc.status") in ("completed", "pruned", "errored")
+
     def _last_step(self, run_id: str) -> int:
         try:
             hist = self.client.get_metric_history(run_id, self.metric)
@@ -210,14 +215,21 @@ class MercMLflowCallback(Callback):
     def run_for(self, trial) -> str:
         tid = trial.trial_id
         if tid in self._runs:
-            if tid not in self._steps:
+            if tid not in self._steps:   # first touch after a restore
                 self._steps[tid] = self._last_step(self._runs[tid])
+                if self._final(self.client.get_run(self._runs[tid])):
+                    self._done.add(tid)
             return self._runs[tid]
         rid = self._lookup(trial)
         if rid is not None:
             self._runs[tid] = rid
             self._steps[tid] = self._last_step(rid)
-            if self.client.get_run(rid).info.status != "RUNNING" and tid not in self._done:
+            run = self.client.get_run(rid)
+            if self._final(run):
+                # finished under a driver that was killed before its snapshot recorded it: Ray
+                # replays the trial from its last snapshotted checkpoint; MLflow keeps the record
+                self._done.add(tid)
+            elif run.info.status != "RUNNING":
                 self.client.update_run(rid, status="RUNNING")
             return rid
         cfg = trial.config
@@ -251,6 +263,8 @@ class MercMLflowCallback(Callback):
         if "merc_status" in result:
             return
         rid = self.run_for(trial)
+        if trial.trial_id in self._done:
+            return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._steps.get(trial.trial_id, 0):
             return  # already logged (a resumed trial replays from its checkpoint)
@@ -282,6 +296,8 @@ class MercMLflowCallback(Callback):
     def _finish(self, trial, error: Optional[str]) -> None:
         tid = trial.trial_id
         rid = self.run_for(trial)
+        if tid in self._done and self._final(self.client.get_run(rid)):
+            return   # recorded already (a replay after a driver crash): keep the first record
         status, fit_status, reason = self.classify(trial, error)
         r = trial.last_result or {}
         tags = [RunTag("merc.status", status), RunTag("merc.fit_status", fit_status),
