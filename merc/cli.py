@@ -155,7 +155,8 @@ def cmd_inspect(args) -> int:
 
 def cmd_featurize(args) -> int:
     from merc.data.featurize import featurize
-    featurize(args.dir, text_encoder=args.text_encoder, batch_size=args.batch_size)
+    featurize(args.dir, text_encoder=args.text_encoder, batch_size=args.batch_size,
+              progress=not args.quiet, force=args.force)
     return 0
 
 
@@ -207,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--text-encoder", default=None,
                    help="sentence-transformers name or path (default: offline all-MiniLM-L6-v2)")
     f.add_argument("--batch-size", type=int, default=64)
+    f.add_argument("--force", action="store_true", help="recompute even if cached / overwrite")
+    f.add_argument("--quiet", action="store_true", help="no progress output")
     f.set_defaults(fn=cmd_featurize)
 
     m = sub.add_parser("models", help="list registered models")

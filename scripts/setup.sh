@@ -14,6 +14,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         .venv/bin/python -m pip install -q "torch==${MERC_TORCH_VERSION:-2.13.0}"
     fi
-    .venv/bin/python -m pip install -q -e ".[test]"
+    .venv/bin/python -m pip install -q -e ".[test,text]"
     touch "$stamp"
 fi
