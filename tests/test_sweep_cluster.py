@@ -52,22 +52,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kill_tagged(tag: str) -> None:
-    """SIGTERM, then SIGKILL, every process whose command line contains ``tag``."""
-    def pids():
-        out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-        me = os.getpid()
-        return [int(ln.split(None, 1)[0]) for ln in out.splitlines()
-                if tag in ln and int(ln.split(None, 1)[0]) != me]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids():
+def _kill_tagged(tag: str) -> list[int]:
+    """SIGTERM, then SIGKILL, every process whose command line contains ``tag`` (and their
+    children), never this process or its ancestors. Returns the pids still alive (none)."""
+    import psutil
+    me = psutil.Process()
+    spare = {me.pid} | {p.pid for p in me.parents()}
+
+    def procs():
+        out = []
+        for p in psutil.process_iter(["pid", "cmdline"]):
             try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
+                if p.pid not in spare and tag in " ".join(p.info["cmdline"] or []):
+                    out.append(p)
+                    out.extend(c for c in p.children(recursive=True) if c.pid not in spare)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-        t0 = time.time()
-        while pids() and time.time() - t0 < 10:
-            time.sleep(0.5)
+        return out
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        ps = procs()
+        for p in ps:
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(ps, timeout=5)
+    return [p.pid for p in procs()]
 
 
 @pytest.mark.integration
@@ -103,4 +113,5 @@ def test_two_node_cluster(tmp_path):
         parents = c.search_runs([exp.experiment_id], "tags.`merc.role` = 'parent'")
         assert len(parents) == 1
     finally:
-        _kill_tagged(temp_dir)
+        left = _kill_tagged(temp_dir)
+    assert not left, f"Ray processes of {temp_dir} still alive: {left}"
