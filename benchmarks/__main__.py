@@ -20,7 +20,7 @@ def _registry():
     from benchmarks import bench_graph, bench_sweep, bench_train
     return {"graph": bench_graph.run, "train": bench_train.run,
             "sweep_overhead": bench_sweep.run_overhead,
-            "sweep_efficiency": bench_sweep.run_efficiency}
+            "sweep_efficiency": bench_sweep.run_efficiency, "real_data": __import__("benchmarks.real_data", fromlist=["run"]).run}
 
 
 NAMES = ["graph", "train", "sweep_overhead", "sweep_efficiency"]

@@ -76,12 +76,11 @@ def bench_model(name: str, root: Path, epochs: int, threads: int) -> dict:
     }
 
 
-def thread_comparison(root: Path, n_steps: int) -> dict:
+def thread_comparison(root: Path, n_steps: int, all_threads: int) -> dict:
     """CORECT train steps on the same batches, alternating 1 / all torch threads (interleaved)."""
     from merc.data.dataset import MercData
     from merc.models import build_model
     from merc.train import _per_utterance_loss, resolve_config, seed_everything
-    all_threads = torch.get_num_threads()
     if all_threads == 1:
         return {}
     train, mcfg = resolve_config("corect", {}, "iemocap6", source="benchmark")
@@ -105,12 +104,13 @@ def thread_comparison(root: Path, n_steps: int) -> dict:
                 opt.step()
             times[th].append(c.wall)
     torch.set_num_threads(all_threads)
-    return {f"corect step threads={th}": summary(v) for th, v in times.items()}
+    return {f"corect train step (batch of 10) threads={th} threads={th}": summary(v) for th, v in times.items()}
 
 
 def run(ctx: Context) -> dict:
     from merc.models import model_names
     la0 = load_average()
+    default_threads = torch.get_num_threads()   # fit(threads=1) changes it for the process
     root, desc = dataset(ctx)
     epochs = 2 if ctx.quick else 3
     threads = 1
@@ -129,6 +129,8 @@ def run(ctx: Context) -> dict:
         except Exception as err:  # a model being added elsewhere may not train yet: record it
             errors[name] = f"{type(err).__name__}: {err}"
             ctx.log(f"[train] {name}: FAILED {errors[name]}")
+        finally:
+            torch.set_num_threads(default_threads)
     ms = {}
     rows = []
     for r in results:
@@ -147,7 +149,7 @@ def run(ctx: Context) -> dict:
     thr = {}
     if not ctx.quick:
         ctx.log("[train] CORECT steps, 1 vs all threads, interleaved ...")
-        thr = thread_comparison(root, 3)
+        thr = thread_comparison(root, 3, default_threads)
         ms.update(thr)
     targets = []
     cor = next((r for r in results if r["model"] == "corect"), None)
@@ -158,6 +160,13 @@ def run(ctx: Context) -> dict:
                               f"{cor['step_seconds_wall']['graph'] * 1e3:.2f} ms of a "
                               f"{cor['step_time']['median']:.2f} s step (wall)"))
     notes = [f"{n}: {e}" for n, e in errors.items()]
+    if thr:
+        t1 = thr[f"corect train step (batch of 10) threads=1"]["median"]
+        tn = thr[f"corect train step (batch of 10) threads={default_threads}"]["median"]
+        notes.append(f"CORECT train step on the same batches, interleaved: {t1:.2f} s at 1 torch "
+                     f"thread vs {tn:.2f} s at {default_threads} ({tn / t1:.1f}x) - on a busy "
+                     f"machine OpenMP threads wait for each other; set threads to the cores a run "
+                     f"really has")
     notes.append("step shares are of the summed wall time of the training part of all epochs; "
                  "'other' = loss, zero_grad, clipping, strategy hooks and loop bookkeeping; "
                  "'cache hits' counts LRU hits of the CORECT graph cache in training + evaluation "
@@ -165,6 +174,7 @@ def run(ctx: Context) -> dict:
     return {
         "description": __doc__.strip().split("\n\n")[0],
         "setup": {"data": desc, "epochs": epochs, "torch_threads": threads,
+                  "process_default_threads": default_threads,
                   "config": "paper defaults (family iemocap6), early stopping off",
                   "models": names},
         "measurements": ms,
