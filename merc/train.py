@@ -140,6 +140,7 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
     elif train.scheduler == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(train.epochs, 1))
     strategy = strategy or build_strategy(train.strategy, train.strategy_config)
+    strategy.on_fit_start(train)
     weight = (torch.tensor(meta.class_weights, dtype=torch.float32, device=device)
               if train.class_weights else None)
     gen = torch.Generator().manual_seed(train.seed)

@@ -2,6 +2,7 @@
 
 A strategy never reaches into a model beyond :class:`merc.models.Output`. The hooks:
 
+* ``on_fit_start(train)`` - sees the run's TrainConfig (e.g. the epoch budget for pacing).
 * ``epoch_subset(epoch, split)`` - which train dialogues count this epoch (curricula); None = all.
 * ``utterance_weights(epoch, output, batch, losses)`` - per-utterance loss weights [B, N] and the
   normaliser (self-paced learning); None = plain mean over labelled utterances.
@@ -19,6 +20,10 @@ from merc.data.dataset import Batch, DialogueSplit
 
 class Strategy:
     name = "none"
+
+    def on_fit_start(self, train) -> None:
+        """Called once with the run's TrainConfig before the first epoch."""
+        return None
 
     def epoch_subset(self, epoch: int, split: DialogueSplit) -> Optional[Sequence[int]]:
         return None

@@ -26,7 +26,8 @@ Regularisers (the closed-form weights v*(rho, lambda) of self-paced learning, pa
 * ``linear``:           v = max(0, 1 - rho / lambda);
 * ``logistic``:         v = (1 + e^{-lambda}) / (1 + e^{rho - lambda}).
 
-Pacing (the threshold lambda_t used during epoch t = 0, 1, ...; T = ``spcl_pacing_epochs``)
+Pacing (the threshold lambda_t used during epoch t = 0, 1, ...; T = ``spcl_pacing_epochs``, by default
+the run's epoch budget)
 -----------------------------------------------------------------------------------------
 * ``exponential`` (Eq. (8)): lambda_0 = epsilon, lambda_t = alpha * lambda_{t-1} (= epsilon alpha^t);
 * ``cosine`` (Table 8): lambda_t = lmin + (lmax - lmin) / 2 * (1 - cos(pi * min(t, T) / T)) with
@@ -96,7 +97,7 @@ class SPCLConfig(StrictConfig):
     spcl_difficulty: Literal["full", "without_utterance", "without_conversation"] = "full"
     spcl_normalise: Literal["kept", "all"] = "kept"  # Eq. (11) / the released code's mean
     spcl_std: Literal["sample", "population"] = "sample"
-    spcl_pacing_epochs: int = Field(50, ge=1)       # T of Table 8 (paper: 50 epochs)
+    spcl_pacing_epochs: Optional[int] = Field(None, ge=1)  # T of Table 8; None = the run's epochs
     spcl_lambda_max: Optional[float] = Field(None, gt=0.0)   # cosine lmax; None = eps * alpha^T
     spcl_ma_momentum: float = Field(0.9, gt=0.0, lt=1.0)
     spcl_ma_switch: Optional[int] = Field(None, ge=1)        # t0; None = T // 2
@@ -159,7 +160,12 @@ class SPCL(Strategy):
         self.config = config or SPCLConfig()
         self.lam = self._cap(self.config.spcl_epsilon)   # lambda for the upcoming epoch
         self.epoch = 0                                    # index of the upcoming epoch
+        self.T = self.config.spcl_pacing_epochs or 50     # set from the run by on_fit_start
         self._reset()
+
+    def on_fit_start(self, train) -> None:
+        if self.config.spcl_pacing_epochs is None:
+            self.T = max(int(train.epochs), 1)
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _reset(self) -> None:
@@ -177,7 +183,7 @@ class SPCL(Strategy):
     def next_lambda(self, t: int, prev: float, rho: Optional[torch.Tensor]) -> float:
         """lambda_t for epoch ``t >= 1`` from lambda_{t-1} and epoch t-1's difficulties."""
         c = self.config
-        T = c.spcl_pacing_epochs
+        T = self.T
         if c.spcl_pacing == "exponential":
             lam = c.spcl_alpha * prev                                       # Eq. (8)
         elif c.spcl_pacing == "cosine":
