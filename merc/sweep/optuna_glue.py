@@ -25,9 +25,9 @@ contour plots then see PRUNED trials as pruned, not as complete low-fidelity res
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
-import pickle
 from typing import Any, Optional
 
 import optuna
@@ -101,7 +101,19 @@ def sample(trial: optuna.Trial, space: dict[str, dict]) -> dict[str, Any]:
     return out
 
 
-class OptunaSearcher(Searcher):
+
+class JsonStateMixin:
+    """Searcher checkpoints as JSON (never pickles): ``get_state`` holds plain values only."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "w") as f:
+            json.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path) as f:
+            self.set_state(json.load(f))
+
+class OptunaSearcher(JsonStateMixin, Searcher):
     """A Ray Tune searcher that drives a persistent Optuna study by ask/tell (see module doc)."""
 
     def __init__(self, space: dict[str, dict], base_config: dict, *, metric: str, mode: str,
@@ -181,13 +193,6 @@ class OptunaSearcher(Searcher):
         self._enqueued = bool(state.get("enqueued", False))
         self._fail_orphans()
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
 
     def _fail_orphans(self) -> None:
         """Optuna trials asked after the last experiment snapshot have no Ray trial: FAIL them."""
@@ -269,7 +274,7 @@ def pruned_reason(config: dict) -> Optional[str]:
     return f"pruned by optuna {type(study.pruner).__name__} at epoch {at}"
 
 
-class GridSearcher(Searcher):
+class GridSearcher(JsonStateMixin, Searcher):
     """Emits a fixed list of configs (a study's grid x seeds) in order; resumable."""
 
     def __init__(self, configs: list[dict], metric: str, mode: str):
@@ -296,10 +301,3 @@ class GridSearcher(Searcher):
     def set_state(self, state: dict) -> None:
         self._next = int(state.get("next", 0))
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
