@@ -42,7 +42,7 @@ from benchmarks.common import (REPO, RESULTS_DIR, SCHEMA, Context, command_line,
 #: the epoch budget per model of the full table (early stopping off). CORECT's epoch costs ~4x
 #: DialogueGCN's and ~7x the others' on this CPU, so it gets fewer epochs to fit the budget.
 FULL_EPOCHS = {"corect": 12}
-DEFAULT_EPOCHS = 20
+DEFAULT_EPOCHS = 15
 FULL_SEEDS = (0, 1, 2)
 LR_GRID_C = (0.01, 0.1, 1.0, 10.0)
 LR_GRID_WEIGHT = (None, "balanced")
@@ -327,9 +327,11 @@ def aggregate(fits: list[dict], base: Optional[dict], models: Sequence[str],
 def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   epochs: dict[str, int], workers: int = 2, out_dir: Optional[Path] = None,
                   log: Callable[[str], None] = print, doc: Optional[dict] = None,
-                  setup_extra: Optional[dict] = None) -> dict[str, Any]:
+                  setup_extra: Optional[dict] = None,
+                  done: Sequence[dict] = ()) -> dict[str, Any]:
     """Baselines, then every (model, seed) fit; returns the benchmark section (and, with
-    ``out_dir``, rewrites ``real_data.json`` / ``.md`` there after every step)."""
+    ``out_dir``, rewrites ``real_data.json`` / ``.md`` there after every step). ``done``: fits
+    of an earlier, interrupted run of the same plan on the same data, kept instead of rerun."""
     from merc.data.format import read_manifest
     t0 = time.time()
     man = read_manifest(data)
@@ -347,7 +349,7 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   "selection": "epoch with the best dev (valid) w-F1; test at that epoch",
                   "std": "sample std (ddof 1) over seeds"} | (setup_extra or {}),
         "load_average": {"start": load_average(), "end": None}, "measurements": {},
-        "fits": [], "baselines": None, "tables": [], "targets": [], "notes": []}
+        "fits": list(done), "baselines": None, "tables": [], "targets": [], "notes": []}
     doc = doc or {"schema": SCHEMA, "command": command_line(), "quick": False, "only": None,
                   "started": now(), "finished": None, "duration_s": 0.0,
                   "environment": environment(),
@@ -373,7 +375,10 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
         f"{b['logreg']['selected']['C']}, {b['logreg']['selected']['class_weight']}) val "
         f"{b['logreg']['selected']['val_wf1']:.2f} test {b['logreg']['selected']['test_wf1']:.2f}")
     flush()
-    jobs = sorted(((m, s) for m in models for s in seeds),
+    have = {(f["model"], f["seed"]) for f in done}
+    if have:
+        log(f"real_data: keeping {len(have)} fits of the earlier run: {sorted(have)}")
+    jobs = sorted(((m, s) for m in models for s in seeds if (m, s) not in have),
                   key=lambda j: (-_COST.get(j[0], 10.0) * epochs[j[0]], j[1]))
     import multiprocessing as mp
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"),
@@ -400,8 +405,13 @@ def write(doc: dict, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     j, md = out_dir / "real_data.json", out_dir / "real_data.md"
     j.write_text(json.dumps(doc, indent=1, default=str) + "\n")
-    md.write_text(render_markdown(doc).replace("# merc-sweeps benchmarks",
-                                               "# merc-sweeps real-data check", 1))
+    text = render_markdown(doc).replace("# merc-sweeps benchmarks",
+                                        "# merc-sweeps real-data check", 1)
+    if len(doc.get("commands") or []) > 1:  # resumed: every command that produced a fit
+        text = text.replace(f"- command: `{doc['command']}`\n", "- commands (the later ones "
+                            "resumed the earlier, keeping its finished fits): " +
+                            "; ".join(f"`{c}`" for c in doc["commands"]) + "\n", 1)
+    md.write_text(text)
     return j, md
 
 
@@ -452,6 +462,9 @@ def main(argv=None) -> int:
                    help="slice: first N dev and test dialogues (with --train-dialogues)")
     p.add_argument("--workers", type=int, default=2, help="parallel fits (1 thread each)")
     p.add_argument("--out", default=str(RESULTS_DIR), help="results directory")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the finished fits of OUT/real_data.json that match this plan "
+                        "(same data fingerprint, model, seed, epochs) and run only the rest")
     a = p.parse_args(argv)
     st = settings(a.quick)
     if a.models:
@@ -478,13 +491,23 @@ def main(argv=None) -> int:
     except Skip as err:
         print(f"skipped: {err}", file=sys.stderr)
         return 2
-    doc = {"schema": SCHEMA, "command": "python -m benchmarks.real_data " +
-           " ".join(sys.argv[1:] if argv is None else argv), "quick": a.quick,
+    cmd = "python -m benchmarks.real_data " + " ".join(sys.argv[1:] if argv is None else argv)
+    done, earlier = [], []
+    if a.resume and (Path(a.out) / "real_data.json").is_file():
+        from merc.data.format import read_manifest
+        old = json.loads((Path(a.out) / "real_data.json").read_text())
+        osec = old.get("benchmarks", {}).get("real_data", {})
+        if osec.get("setup", {}).get("fingerprint") == read_manifest(root).fingerprint:
+            done = [f for f in osec.get("fits", []) if "error" not in f
+                    and f["model"] in st["models"] and f["seed"] in st["seeds"]
+                    and f["epochs"] == st["epochs"][f["model"]]]
+            earlier = old.get("commands") or [old.get("command")]
+    doc = {"schema": SCHEMA, "command": cmd, "commands": earlier + [cmd], "quick": a.quick,
            "only": ["real_data"], "started": now(), "finished": None, "duration_s": 0.0,
            "environment": environment(), "load_average": {"start": load_average(), "end": None},
            "benchmarks": {}}
     sec = run_real_data(root, st["models"], st["seeds"], st["epochs"], a.workers, Path(a.out),
-                        log, doc, setup_extra=_slice_note(st))
+                        log, doc, setup_extra=_slice_note(st), done=done)
     j, md = write(doc, Path(a.out))
     print(f"results: {j}, {md}")
     for t in sec["targets"]:
