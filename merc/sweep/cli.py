@@ -63,9 +63,10 @@ def add_run_arguments(p: argparse.ArgumentParser, with_spec: bool = True) -> Non
     p.add_argument("--address", help="an existing Ray cluster (auto, ray://host:10001, host:6379)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     p.add_argument("--mlflow-uri", help="tracking server URI (default: sqlite ./mlflow.db)")
-    p.add_argument("--experiment", help="MLflow experiment (default <model>-<study|search>)")
+    p.add_argument("--experiment", help="MLflow experiment (default <spec name>-<study|search>; "
+                                        "the spec's `name:`, else its model)")
     p.add_argument("--storage", help="Ray results storage: a path (made absolute) or s3://, gs://")
-    p.add_argument("--name", help="sweep name (default <model>-<kind>-<data>-<timestamp>)")
+    p.add_argument("--name", help="sweep name (default <spec name>-<kind>-<data>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="resume an interrupted sweep (the "
                                                          "latest of this kind unless --name)")
     p.add_argument("--quick", action="store_true", help="small budget on the tiny synthetic data")
@@ -155,24 +156,26 @@ def add_sweep_commands(subparsers) -> None:
     b.set_defaults(func=cmd_best, fn=cmd_best)
 
 
-def model_script_main(model: str, argv: Optional[Sequence[str]] = None) -> int:
-    """The whole of ``sweeps/<model>.py``: the run arguments, the spec ``search_spaces/<model>.yaml``
-    (next to the installed project, or ``--spec``)."""
-    p = argparse.ArgumentParser(prog=f"sweeps/{model}.py",
-                                description=f"Run a {model} study or search (Ray Tune + Optuna "
+def model_script_main(name: str, argv: Optional[Sequence[str]] = None) -> int:
+    """The whole of ``sweeps/<name>.py``: the run arguments and the spec
+    ``search_spaces/<name>.yaml`` (next to the installed project, or ``--spec``). ``name`` is the
+    spec's name, not necessarily a model: ``sweeps/spcl.py`` runs ``search_spaces/spcl.yaml``,
+    whose default model is mmgcn (a training plug-in over several backbones)."""
+    p = argparse.ArgumentParser(prog=f"sweeps/{name}.py",
+                                description=f"Run a {name} study or search (Ray Tune + Optuna "
                                             f"+ MLflow).")
-    p.add_argument("--spec", default=str(_spec_path(model)), help="search-space file")
+    p.add_argument("--spec", default=str(_spec_path(name)), help="search-space file")
     add_run_arguments(p, with_spec=False)
     args = p.parse_args(argv)
     return cmd_run(args)
 
 
-def _spec_path(model: str) -> Path:
+def _spec_path(name: str) -> Path:
     for base in (Path.cwd(), REPO, Path.home() / "project"):
-        p = base / "search_spaces" / f"{model}.yaml"
+        p = base / "search_spaces" / f"{name}.yaml"
         if p.is_file():
             return p
-    return REPO / "search_spaces" / f"{model}.yaml"
+    return REPO / "search_spaces" / f"{name}.yaml"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -85,9 +85,11 @@ def study_table(df: pd.DataFrame, study, family: str, metric: str = "wf1") -> pd
         sub = full[full.point == p.label] if len(full) else full
         per_seed[p.label] = (sub.set_index("seed")[sel_test] if len(sub) and sel_test in sub
                              else pd.Series(dtype=float))
-    ref = study.reference
+    refs = study.reference_labels if hasattr(study, "reference_labels") else \
+        ({study.reference} - {None})
     rows = []
     for p in study.points:
+        ref = study.reference_of(p.label) if hasattr(study, "reference_of") else study.reference
         sub = full[full.point == p.label] if len(full) else full
         allp = df[df.point == p.label] if len(df) else df
         vm, vs = _ms(sub[sel_val]) if sel_val in sub else (math.nan, math.nan)
@@ -95,8 +97,9 @@ def study_table(df: pd.DataFrame, study, family: str, metric: str = "wf1") -> pd
         row = {"point": p.label, **{k: v for k, v in p.values.items()}, "n": len(sub),
                "excluded": int(len(allp) - len(sub)),
                "val_mean": vm, "val_std": vs, "test_mean": tm, "test_std": ts,
-               "paper": paper.get(p.label, math.nan), "is_reference": p.label == ref}
-        if ref is not None and p.label != ref:
+               "paper": paper.get(p.label, math.nan), "is_reference": p.label in refs,
+               "reference": ref}
+        if ref is not None and p.label != ref and ref in per_seed:
             d, pv, npairs, wp = paired_test(per_seed[p.label], per_seed[ref])
             row.update({"delta_vs_ref": d, "p_paired_t": pv, "p_wilcoxon": wp, "pairs": npairs,
                         "verdict": ("n/a (<2 seeds)" if npairs < 2 else
@@ -104,7 +107,7 @@ def study_table(df: pd.DataFrame, study, family: str, metric: str = "wf1") -> pd
                                     "beyond noise")})
         else:
             row.update({"delta_vs_ref": math.nan, "p_paired_t": math.nan, "p_wilcoxon": None,
-                        "pairs": 0, "verdict": "reference" if p.label == ref else ""})
+                        "pairs": 0, "verdict": "reference" if p.label in refs else ""})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -114,8 +117,9 @@ def table_markdown(tab: pd.DataFrame, study, family: str, counts: dict[str, int]
     lines = [f"### {study.title}", "",
              f"Dataset family `{family}`; test {metric} at the validation-selected epoch, mean ± "
              f"std over seeds {study.seeds} (paired across points); Δ = paired difference to the "
-             f"reference `{study.reference or '-'}`, p = paired t-test over seeds "
-             f"(α = {ALPHA}).", ""]
+             + (f"reference `{study.reference or '-'}`" if not getattr(study, "ref_of", None)
+                else f"reference of the point's group (bold; `{study.reference}`, ...)")
+             + f", p = paired t-test over seeds (α = {ALPHA}).", ""]
     lines.append("| point | n | val | test | paper | Δ test vs ref | p | verdict |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for _, r in tab.iterrows():
@@ -182,6 +186,90 @@ def plot_study(tab: pd.DataFrame, study, out_dir: Path) -> list[Path]:
         fig.tight_layout()
         p = out_dir / f"{study.name}_errorbars.png"
         fig.savefig(p, dpi=120)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def expand_curves(entries: list[str], metric_names) -> dict[str, list[str]]:
+    """Each ``curves`` entry -> the per-epoch metrics it names: itself, or for an entry ending in
+    ``_`` or ``*`` every metric with that prefix (sorted; final ``sel_*`` values excluded)."""
+    names = sorted({str(m) for m in metric_names})
+    out: dict[str, list[str]] = {}
+    for e in entries:
+        if e.endswith(("_", "*")):
+            pre = e.rstrip("*")
+            out[e] = [m for m in names if m.startswith(pre) and m != pre and
+                      (pre.startswith("sel_") or not m.startswith("sel_"))]
+        else:
+            out[e] = [e] if e in names else []
+    return out
+
+
+def curve_table(rows: list[dict]) -> pd.DataFrame:
+    """``rows`` of (point, seed, metric, epoch, value) -> mean, std and n over seeds per (point,
+    metric, epoch)."""
+    if not rows:
+        return pd.DataFrame(columns=["point", "metric", "epoch", "mean", "std", "n"])
+    d = pd.DataFrame(rows)
+    g = d.groupby(["point", "metric", "epoch"], sort=False)["value"]
+    out = g.agg(["mean", "std", "count"]).reset_index().rename(columns={"count": "n"})
+    out["std"] = out["std"].fillna(0.0)
+    return out.sort_values(["metric", "point", "epoch"], kind="stable").reset_index(drop=True)
+
+
+def curve_file_stem(study_name: str, entry: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in entry.rstrip("*_"))
+    return f"{study_name}_curve_{safe}"
+
+
+def plot_curves(ctab: pd.DataFrame, study, expanded: dict[str, list[str]],
+                out_dir: Path) -> list[Path]:
+    """One PNG per ``curves`` entry: a panel per metric it names, a line per grid point (mean over
+    seeds, band = ± std), x = epoch; reference points drawn thicker."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    order = [p.label for p in study.points]
+    refs = study.reference_labels if hasattr(study, "reference_labels") else {study.reference}
+    for entry, metrics in expanded.items():
+        metrics = [m for m in metrics if len(ctab) and (ctab.metric == m).any()]
+        if not metrics:
+            continue
+        n = len(metrics)
+        ncols = min(n, 3)
+        nrows = math.ceil(n / ncols)
+        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.8, 3.2 * nrows),
+                                 squeeze=False)
+        cmap = plt.get_cmap("tab20" if len(order) > 10 else "tab10")
+        for i, m in enumerate(metrics):
+            ax = axes[i // ncols][i % ncols]
+            sub = ctab[ctab.metric == m]
+            for j, label in enumerate(order):
+                c = sub[sub.point == label].sort_values("epoch")
+                if not len(c):
+                    continue
+                lw = 2.4 if label in refs else 1.2
+                color = cmap(j % cmap.N)
+                ax.plot(c.epoch, c["mean"], "-o", ms=2.5, lw=lw, color=color, label=label)
+                if (c.n > 1).any():
+                    ax.fill_between(c.epoch, c["mean"] - c["std"], c["mean"] + c["std"],
+                                    color=color, alpha=0.12, lw=0)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(m)
+            ax.set_title(m, fontsize=9)
+            ax.grid(alpha=0.3)
+        for k in range(n, nrows * ncols):
+            axes[k // ncols][k % ncols].axis("off")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=6, title="point (mean over "
+                   "seeds)", title_fontsize=6)
+        fig.suptitle(f"{study.title}: {entry}", fontsize=9)
+        fig.tight_layout(rect=(0, 0, 1 - 1.7 / (4.2 * ncols + 1.8), 1))
+        p = out_dir / f"{curve_file_stem(study.name, entry)}.png"
+        fig.savefig(p, dpi=110)
         plt.close(fig)
         paths.append(p)
     return paths

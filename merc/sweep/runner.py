@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from merc.sweep.spec import SpecError, SweepSpec, check_study_name, load_spec
+from merc.sweep.spec import (MODEL_KEY, SpecError, SweepSpec, check_study_name, load_spec,
+                              split_point)
 
 log = logging.getLogger("merc.sweep")
 
@@ -151,14 +152,28 @@ def _label(ds: str) -> str:
 
 
 def full_flat(model: str, flat: dict, family: str, source: str) -> dict:
-    """Every TrainConfig + model key, validated (the trial's complete, explicit config)."""
+    """Every TrainConfig + model + strategy key, validated (the trial's complete, explicit,
+    flat config: the strategy's keys are flat keys like on the command line)."""
     from merc.config import ConfigError
     from merc.train import resolve_config
     try:
         train, mcfg = resolve_config(model, flat, family, source=source)
     except ConfigError as err:
         raise SpecError(str(err)) from None
-    return {**train.model_dump(), **mcfg.model_dump()}
+    out = train.model_dump(exclude={"strategy_config"})
+    if train.strategy_config is not None:
+        out.update(train.strategy_config.model_dump())
+    return {**out, **mcfg.model_dump()}
+
+
+def point_flat(spec: SweepSpec, base: dict, values: dict, source: str) -> tuple[str, dict]:
+    """``(model, flat)`` of a trial: inherited ``base`` + the point's ``values`` (keys of other
+    models / strategies dropped when inherited, see :func:`merc.sweep.spec.split_point`)."""
+    from merc.config import ConfigError
+    try:
+        return split_point(spec.model, base, values, spec.known, source)
+    except ConfigError as err:
+        raise SpecError(str(err)) from None
 
 
 def _in_dist(v: Any, d: dict) -> bool:
@@ -204,19 +219,21 @@ class _Sweep:
         man = read_manifest(self.data_root)
         self.manifest = man
         self.family = man.family
-        base = spec.base_flat(self.family, quick=o.quick)
-        if self.study:
-            base.update(self.study.fixed)
+        upper = dict(self.study.fixed) if self.study else {}
         if o.epochs is not None:
-            base["epochs"] = o.epochs
-        base.update(o.overrides)
-        self.base = full_flat(spec.model, base, self.family, f"{o.spec} (+ command line)")
+            upper["epochs"] = o.epochs
+        upper.update(o.overrides)
+        self.upper = upper            # over the spec's defaults + fixed: study fixed, command line
+        src = f"{o.spec} (+ command line)"
+        base = spec.trial_base(self.family, o.quick, upper)
+        self.model, active = point_flat(spec, base, {}, src)
+        self.base = full_flat(self.model, active, self.family, src)
         self.epochs = int(self.base["epochs"])
         if self.study and o.seeds:
             self.study.seeds = list(o.seeds)
         # names and places
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        prefix = f"{spec.model}-{self.kind}-{_label(self.dataset)}" + ("-quick" if o.quick else "")
+        prefix = f"{spec.name}-{self.kind}-{_label(self.dataset)}" + ("-quick" if o.quick else "")
         storage = o.storage or str(Path.cwd() / "ray_results")
         if not is_remote(storage):
             storage = str(Path(storage).expanduser().resolve())
@@ -227,7 +244,7 @@ class _Sweep:
             self.name = self._latest(prefix)
         else:
             self.name = f"{prefix}-{stamp}"
-        self.experiment = o.experiment or f"{spec.model}-{self.kind}"
+        self.experiment = o.experiment or f"{spec.name}-{self.kind}"
         self.tracking_uri = o.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
             __import__("merc.sweep.tracking", fromlist=["x"]).default_tracking_uri()
         if is_remote(storage):
@@ -277,21 +294,23 @@ class _Sweep:
         title = self.study.title if self.study else f"search ({self.spec.search.num_samples} " \
                                                     f"samples)"
         run = client.create_run(self.exp_id, run_name=f"sweep {self.name}", tags={
-            "merc.role": "parent", "merc.sweep_id": self.name, "merc.model": self.spec.model,
+            "merc.role": "parent", "merc.sweep_id": self.name, "merc.model": self.model,
+            "merc.models": ",".join(self.study_models()),
             "merc.dataset": self.dataset, "merc.family": self.family, "merc.kind": self.kind,
             "merc.quick": str(o.quick), "mlflow.source.git.commit": git_commit(),
             "merc.git_commit": git_commit(), "merc.data_fingerprint": self.manifest.fingerprint,
             "merc.storage": self.path(), "merc.optuna_storage": self.optuna_url,
             "mlflow.note.content": title})
         self.parent_id = run.info.run_id
-        params = {"model": self.spec.model, "dataset": self.dataset, "family": self.family,
+        params = {"model": self.model, "dataset": self.dataset, "family": self.family,
                   "spec_file": o.spec, "kind": self.kind, "epochs": self.epochs,
                   "data_fingerprint": self.manifest.fingerprint, "git_commit": git_commit(),
                   "cpus_per_trial": o.cpus_per_trial, "gpus_per_trial": o.gpus_per_trial,
                   "retries": o.retries, "quick": o.quick, "data_root": str(self.data_root)}
         if self.study:
             params.update({"seeds": str(self.study.seeds), "grid_points": len(self.study.points),
-                           "reference": self.study.reference})
+                           "reference": self.study.reference,
+                           "curves": ",".join(self.study.curves)})
         else:
             s = self.spec.search
             params.update({"num_samples": o.num_samples or s.num_samples,
@@ -326,8 +345,15 @@ class _Sweep:
         except Exception:
             return False
 
+    def study_models(self) -> list[str]:
+        """The models a study's trials train (the sweep's model unless points select others)."""
+        if not self.study:
+            return [self.model]
+        ms = [str(p.values.get(MODEL_KEY, self.model)) for p in self.study.points]
+        return list(dict.fromkeys(ms))
+
     def ctx(self) -> dict:
-        return {"model": self.spec.model, "family": self.family,
+        return {"model": self.model, "family": self.family,
                 "data_root": str(self.data_root), "metric": self.spec.metric,
                 "imports": list(self.o.imports)}
 
@@ -335,13 +361,18 @@ class _Sweep:
         st = self.study
         out = []
         ctx = self.ctx()
+        # a study whose points select models carries the key `model` in every trial config
+        # (an MLflow param, part of the config hash); run_trial builds that model
+        per_model = any(MODEL_KEY in p.values for p in st.points)
         for seed in st.seeds:           # seed-major: partial results stay paired
             for p in st.points:
-                flat = dict(self.base)
-                flat.update(p.values)
+                src = f"{self.o.spec}: studies.{st.name}.{p.label}"
+                base = self.spec.trial_base(self.family, self.o.quick, self.upper, p.values)
+                model, flat = point_flat(self.spec, base, p.values, src)
                 flat["seed"] = seed
-                flat = full_flat(self.spec.model, flat, self.family,
-                                 f"{self.o.spec}: studies.{st.name}.{p.label}")
+                flat = full_flat(model, flat, self.family, src)
+                if per_model:
+                    flat[MODEL_KEY] = model
                 out.append({**flat, "_point": p.label, "_merc": ctx})
         return out
 
@@ -390,7 +421,7 @@ class _Sweep:
                                                    storage_url=self.optuna_url, study_name=name,
                                                    sampler=s.sampler, pruner=s.pruner)
             varied = [k for k, d in space.items() if d["type"] != "fixed"]
-        tags = {"merc.model": spec.model, "merc.dataset": self.dataset, "merc.family": self.family}
+        tags = {"merc.model": self.model, "merc.dataset": self.dataset, "merc.family": self.family}
         cb = MercMLflowCallback(self.tracking_uri, self.exp_id, self.parent_id, name,
                                 metric=spec.metric, epochs=self.epochs, tags=tags,
                                 varied=varied, stage=stage,
@@ -459,6 +490,8 @@ class _Sweep:
         counts = state_counts(df)
         tab = study_table(df, self.study, self.family)
         md = table_markdown(tab, self.study, self.family, counts)
+        curves_note = self.study_curves(df, out) if self.study.curves else ""
+        md += curves_note
         df.to_csv(out / "results.csv", index=False)
         tab.to_csv(out / f"{self.study.name}_table.csv", index=False)
         (out / f"{self.study.name}_table.md").write_text(md)
@@ -470,6 +503,35 @@ class _Sweep:
         self.trials_s = float(df["trial_time_s"].fillna(0).sum()) if "trial_time_s" in df else 0.0
         return md
 
+    def study_curves(self, df, out: Path) -> str:
+        """The study's ``curves``: per-epoch histories of the completed trials -> mean/std over
+        seeds per point and epoch (``<study>_curves.csv``) and one PNG per entry under plots/.
+        Returns a note for the table (entries that matched no metric), or ''."""
+        from merc.sweep.report import curve_table, expand_curves, plot_curves
+        st = self.study
+        full = df[df.status == "completed"] if len(df) else df
+        names = set()
+        for rid in full.run_id if len(full) else []:
+            names |= set(self.client.get_run(rid).data.metrics)
+        expanded = expand_curves(st.curves, names)
+        wanted = sorted({m for ms in expanded.values() for m in ms})
+        rows = []
+        for _, r in full.iterrows() if len(full) else []:
+            for m in wanted:
+                for h in self.client.get_metric_history(r.run_id, m):
+                    rows.append({"point": r.point, "seed": r.seed, "metric": m,
+                                 "epoch": int(h.step), "value": float(h.value)})
+        ctab = curve_table(rows)
+        ctab.to_csv(out / f"{st.name}_curves.csv", index=False)
+        self.log_art(out / f"{st.name}_curves.csv")
+        for p in plot_curves(ctab, st, expanded, out / "plots"):
+            self.log_art(p, "plots")
+        missing = [e for e, ms in expanded.items() if not ms]
+        if missing:
+            return (f"Curves: no per-epoch metric matches {', '.join(missing)} (metrics logged: "
+                    f"{', '.join(sorted(names)[:30])}).\n")
+        return ""
+
     def finish_search(self, out: Path) -> str:
         from merc.sweep.report import plot_search, search_table, state_counts, to_markdown
         df = self.child_frame(self.name)
@@ -478,7 +540,7 @@ class _Sweep:
         df.to_csv(out / "results.csv", index=False)
         self.log_art(out / "results.csv")
         tab = search_table(df, self.varied, self.spec.metric)
-        md_lines = [f"### Search: {self.spec.model} on {self.dataset}", "",
+        md_lines = [f"### Search: {self.model} on {self.dataset}", "",
                     f"Trials: {counts.get('completed', 0)} full-budget, "
                     f"{counts.get('pruned', 0)} pruned (excluded), {counts.get('errored', 0)} "
                     f"errored (excluded). Top configurations by selected {self.spec.metric}:", ""]
@@ -574,7 +636,8 @@ class _Sweep:
         self.prepare()
         self.setup_tracking()
         self.start_ray()
-        self.p(f"[merc] sweep {self.name}: {self.spec.model} {self.kind} on {self.dataset} "
+        self.p(f"[merc] sweep {self.name}: {'/'.join(self.study_models())} {self.kind} on "
+               f"{self.dataset} "
                f"({self.data_root}), {self.epochs} epochs, storage {self.path()}")
         self.p(f"[merc] MLflow {self.tracking_uri} experiment {self.experiment!r} parent run "
                f"{self.parent_id}")

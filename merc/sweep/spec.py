@@ -8,7 +8,10 @@ turns it into one line on stderr and exit code 2.
 
 Grammar (all keys optional except ``model``)::
 
-    model: corect                    # registry name
+    model: corect                    # registry name (the default model of every trial)
+    name: corect                     # sweep family: experiment <name>-<study>, default the model
+    models: [corect]                 # models a study may select with the key `model` (axes,
+                                     # points, a study's fixed); default [model]
     dataset: synthetic:iemocap6      # default dataset spec (a directory or synthetic:<preset>)
     metric: val_wf1                  # selection metric (per epoch); the trial's value is its best epoch
     mode: max
@@ -38,6 +41,21 @@ Grammar (all keys optional except ``model``)::
         reference: {window_past: 11, window_future: 9}   # the paper's configuration
         paper: {iemocap6: {"window_past=11,window_future=9": 70.02}}   # printed values, by label
         quick: {axes: {...}, seeds: [0]}
+        curves: [val_wf1, spcl_ratio_]   # per-epoch metrics plotted per point (mean over seeds,
+                                     # x = epoch); an entry ending in '_' or '*' is a prefix
+    curves: [val_wf1]                # the default curves of every study
+
+Keys: every key is a TrainConfig key, a key of one of the spec's models, or a key of a registered
+training strategy (``strategy: spcl`` selects :class:`SPCLConfig`, whose keys are ``spcl_*``); an
+unknown key is an error. A trial's config is built per point: defaults + fixed + the study's fixed
++ the point's values; keys another model or another strategy owns (inherited from the defaults,
+e.g. ``spcl_epsilon`` on a ``strategy: none`` baseline point) are inactive for that trial and
+dropped, while a point that sets such a key itself is an error. Every point of every study is
+resolved this way at validation time, for every family of ``defaults``.
+
+``reference`` may name a subset of the axes (``reference: {strategy: none}``): each point is then
+compared with the point that shares its other axis values (one reference per group, e.g. per
+backbone and modality subset).
 """
 from __future__ import annotations
 
@@ -55,14 +73,15 @@ from merc.config import ConfigError
 
 EXIT_SPEC_ERROR = 2
 
-TOP_KEYS = {"model", "dataset", "description", "metric", "mode", "defaults", "fixed", "quick",
-            "search", "studies"}
+TOP_KEYS = {"model", "name", "models", "dataset", "description", "metric", "mode", "defaults",
+            "model_defaults", "fixed", "quick", "search", "studies", "curves"}
 SEARCH_KEYS = {"num_samples", "seed", "sampler", "pruner", "space", "start_from_defaults",
                "confirm", "quick"}
 STUDY_KEYS = {"title", "figure", "description", "axes", "points", "seeds", "fixed", "reference",
-              "paper", "paper_note", "dataset", "quick"}
+              "paper", "paper_note", "dataset", "quick", "curves"}
 QUICK_KEYS = {"dataset", "epochs", "num_samples", "fixed", "seeds", "axes", "points", "space",
               "pruner"}
+MODEL_KEY = "model"   # selects a trial's model (studies only)
 DIST_TYPES = {"uniform", "loguniform", "int", "categorical", "fixed"}
 SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}
 PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "percentile": "PercentilePruner",
@@ -136,6 +155,16 @@ class StudySpec:
     paper: dict[str, dict[str, float]]   # family -> label -> value
     paper_note: str = ""
     dataset: Optional[str] = None
+    ref_of: dict[str, str] = field(default_factory=dict)   # point label -> its reference's label
+    curves: list[str] = field(default_factory=list)        # per-epoch metrics (or prefixes) to plot
+
+    def reference_of(self, label: str) -> Optional[str]:
+        """The reference point a point is compared with (one per group for a partial reference)."""
+        return self.ref_of.get(label, self.reference)
+
+    @property
+    def reference_labels(self) -> set[str]:
+        return set(self.ref_of.values()) if self.ref_of else ({self.reference} - {None})
 
     @property
     def dims(self) -> int:
@@ -151,24 +180,40 @@ class SweepSpec:
     path: str
     model: str
     raw: dict
+    name: str = ""                  # sweep family (experiment prefix); default the model
+    models: list[str] = field(default_factory=list)   # models a study may select
+    curves: list[str] = field(default_factory=list)   # default curves of every study
     dataset: Optional[str] = None
     metric: str = "val_wf1"
     mode: str = "max"
     defaults: dict[str, dict] = field(default_factory=dict)
+    model_defaults: dict[str, dict[str, dict]] = field(default_factory=dict)  # model -> family ->
     fixed: dict[str, Any] = field(default_factory=dict)
     quick: dict[str, Any] = field(default_factory=dict)
     search: Optional[SearchSpec] = None
     studies: dict[str, StudySpec] = field(default_factory=dict)
+    known: set = field(default_factory=set)   # every key of the spec's models and strategies
 
-    def base_flat(self, family: str, quick: bool = False) -> dict[str, Any]:
-        """Flat overrides every trial starts from: spec defaults[family] + fixed (+ quick)."""
+    def base_flat(self, family: str, quick: bool = False,
+                  model: Optional[str] = None) -> dict[str, Any]:
+        """Flat overrides every trial (of ``model``, default the spec's) starts from: spec
+        defaults[family] + model_defaults[model][family] + fixed (+ quick)."""
         d = dict(self.defaults.get(family, {}))
+        d.update(self.model_defaults.get(model or self.model, {}).get(family, {}))
         d.update(self.fixed)
         if quick:
             d.update(self.quick.get("fixed", {}))
             if "epochs" in self.quick:
                 d["epochs"] = self.quick["epochs"]
         return d
+
+    def trial_base(self, family: str, quick: bool, upper: dict[str, Any],
+                   values: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """The inherited flat keys of a trial whose point sets ``values``: base_flat for the
+        trial's model (``values``' or ``upper``'s key ``model``, else the spec's) + ``upper`` (a
+        study's fixed, command-line overrides)."""
+        model = (values or {}).get(MODEL_KEY, upper.get(MODEL_KEY, self.model))
+        return {**self.base_flat(family, quick, str(model)), **upper}
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,65 +241,188 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-class _Ctx:
-    """Validation context: the file, the model's config classes, the family list."""
+def _strategy_fields() -> dict[str, tuple[str, Any]]:
+    """Every registered training strategy's keys: name -> (strategy, pydantic field)."""
+    from merc.strategies import STRATEGIES, _load_all
+    _load_all()
+    out: dict[str, tuple[str, Any]] = {}
+    for sname, (_, cls) in STRATEGIES.items():
+        for f, info in cls.model_fields.items():
+            out.setdefault(f, (sname, info))
+    return out
 
-    def __init__(self, path: str, model: str):
+
+def _key_name(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
+def trial_strategy(model: str, flat: dict[str, Any], family: str = "iemocap6") -> str:
+    """The strategy a trial of ``model`` runs with ``flat`` (the rule of resolve_config: the flat
+    key ``strategy``, else the model's paper default, else none)."""
+    if "strategy" in flat or "train.strategy" in flat:
+        return str(flat.get("strategy", flat.get("train.strategy")))
+    from merc.models import get_entry
+    try:
+        return str(get_entry(model).config_cls.paper_defaults(family).get("strategy", "none"))
+    except Exception:
+        return "none"
+
+
+def active_keys(model: str, flat: dict[str, Any]) -> set[str]:
+    """The keys a trial of ``model`` uses with ``flat``: TrainConfig + the model's config + the
+    selected strategy's config."""
+    from merc.models import get_entry
+    from merc.strategies import strategy_config_cls
+    from merc.train import TrainConfig
+    keys = set(TrainConfig.model_fields) | set(get_entry(model).config_cls.model_fields)
+    try:
+        keys |= set(strategy_config_cls(trial_strategy(model, flat)).model_fields)
+    except KeyError:      # an unknown strategy: resolve_config reports it
+        pass
+    return keys
+
+
+def split_point(default_model: str, base: dict[str, Any], values: dict[str, Any],
+                known: set[str], source: str) -> tuple[str, dict[str, Any]]:
+    """``(model, flat)`` of one trial: ``base`` (inherited: defaults, fixed, command line) updated
+    with ``values`` (the point's own keys); ``model`` comes from the key ``model`` if set.
+
+    Keys in ``known`` (the spec's keys: other models', other strategies') that this trial's model
+    and strategy do not use are dropped when inherited; a point setting one itself is an error
+    (:class:`ConfigError`). Keys outside ``known`` stay, for resolve_config to report.
+    """
+    merged = {**base, **values}
+    model = str(merged.pop(MODEL_KEY, default_model))
+    active = active_keys(model, merged)
+    out = {}
+    for k, v in merged.items():
+        name = _key_name(k)
+        if name in active or name not in known:
+            out[k] = v
+        elif k in values:
+            raise ConfigError(f"{source}: key {k!r} is not used by model {model!r} with strategy "
+                              f"{trial_strategy(model, merged)!r}")
+    return model, out
+
+
+class _Ctx:
+    """Validation context: the file, the models' and strategies' config classes."""
+
+    def __init__(self, path: str, model: str, models: Optional[list] = None):
         self.path = path
         self.model = model
         from merc.models import get_entry
         from merc.train import TrainConfig
-        try:
-            self.entry = get_entry(model)
-        except KeyError as err:
-            raise SpecError(f"{path}: model: {err.args[0]}") from None
+        self.models = [model] + [m for m in (models or []) if m != model]
+        self.entries = {}
+        for i, m in enumerate(self.models):
+            try:
+                self.entries[m] = get_entry(m)
+            except KeyError as err:
+                raise SpecError(f"{path}: {'model' if i == 0 else 'models'}: {err.args[0]}") \
+                    from None
+        self.entry = self.entries[model]
         self.train_cls = TrainConfig
         self.model_cls = self.entry.config_cls
-        self.fields = {**TrainConfig.model_fields, **self.model_cls.model_fields}
+        self.strategy_of = _strategy_fields()
+        self.model_of: dict[str, str] = {}
+        for m in self.models:
+            for f in self.entries[m].config_cls.model_fields:
+                self.model_of.setdefault(f, m)
+        self.fields = {f: info for f, (_, info) in self.strategy_of.items()}
+        for m in reversed(self.models):
+            self.fields.update(self.entries[m].config_cls.model_fields)
+        self.fields.update(TrainConfig.model_fields)
+        self.known = set(self.fields)
 
     def err(self, key_path: str, msg: str) -> SpecError:
         return SpecError(f"{self.path}: {key_path}: {msg}")
 
-    def key(self, key_path: str, key: str) -> str:
-        """The config field a flat key names (``train.lr`` / ``model.x`` accepted)."""
+    def _describe(self) -> str:
+        models = " + ".join(self.entries[m].config_cls.__name__ for m in self.models)
+        strategies = sorted({self.strategy_of[f][0] for f in self.strategy_of})
+        return (f"model {self.model!r}" if len(self.models) == 1 else
+                f"models {', '.join(self.models)}") + \
+            f" (TrainConfig + {models}" + \
+            (f" + strategy keys of {', '.join(strategies)})" if strategies else ")")
+
+    def key(self, key_path: str, key: str, allow_model: bool = False) -> str:
+        """The config field a flat key names (``train.lr`` / ``model.x`` / ``strategy.x``
+        accepted); ``model`` (the trial's model) only where ``allow_model``."""
         if not isinstance(key, str):
             raise self.err(key_path, f"keys must be strings, found {key!r}")
+        if key == MODEL_KEY:
+            if allow_model:
+                return key
+            raise self.err(key_path, "the key 'model' selects a trial's model in a study's "
+                                     "axes, points or fixed only (the spec's default model is "
+                                     "the top-level `model:`)")
         section, _, name = key.rpartition(".")
         ok = ((section in ("", "train") and name in self.train_cls.model_fields) or
-              (section in ("", "model") and name in self.model_cls.model_fields))
+              (section in ("", "model") and name in self.model_of) or
+              (section in ("", "strategy") and name in self.strategy_of))
         if not ok:
             close = sorted(self.fields)
-            raise self.err(key_path, f"unknown key {key!r} for model {self.model!r} "
-                                     f"(TrainConfig + {self.model_cls.__name__}); known keys: "
+            raise self.err(key_path, f"unknown key {key!r} for {self._describe()}; known keys: "
                                      f"{', '.join(close)}")
         return name
 
     def is_int_field(self, name: str) -> bool:
+        if name not in self.fields:
+            return False
         ann = self.fields[name].annotation
         args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]
         return all(a is int for a in args)
 
-    def check_value(self, key_path: str, key: str, value: Any, family: str = "") -> None:
-        """Validate ``{key: value}`` against the typed configs (pydantic), naming the key path."""
+    def check_value(self, key_path: str, key: str, value: Any, family: str = "",
+                    model: Optional[str] = None) -> None:
+        """Validate ``{key: value}`` against the typed configs (pydantic), naming the key path:
+        a model key against a model that has it, a strategy key with its strategy selected."""
         from merc.train import resolve_config
+        if key == MODEL_KEY:
+            if value not in self.models:
+                raise self.err(key_path, f"invalid value {value!r}: not one of this spec's "
+                                         f"models ({', '.join(self.models)}); list it under "
+                                         f"`models:`")
+            return
+        name = _key_name(key)
+        m = model or self.model
+        flat = {key: value}
+        if name not in self.train_cls.model_fields:
+            if name not in self.entries[m].config_cls.model_fields:
+                if name in self.model_of:
+                    m = self.model_of[name]
+                elif name in self.strategy_of:
+                    flat["strategy"] = self.strategy_of[name][0]
         try:
-            resolve_config(self.model, {key: value}, family or _first_family(self.model_cls),
+            resolve_config(m, flat, family or _first_family(self.entries[m].config_cls),
                            source="spec")
         except ConfigError as err:
             msg = str(err).split("spec: ", 1)[-1]
             raise self.err(key_path, f"invalid value {value!r} ({_type_name(value)}) for "
                                      f"{key!r}: {msg}") from None
 
-    def check_flat(self, key_path: str, flat: Any, family: str = "") -> dict:
+    def check_flat(self, key_path: str, flat: Any, family: str = "",
+                   allow_model: bool = False) -> dict:
         if flat is None:
             return {}
         if not isinstance(flat, dict):
             raise self.err(key_path, f"expected a mapping of config keys, found "
                                      f"{_type_name(flat)} {flat!r}")
         for k, v in flat.items():
-            name = self.key(f"{key_path}.{k}", k)
+            name = self.key(f"{key_path}.{k}", k, allow_model)
             self.check_value(f"{key_path}.{k}", name, v, family)
         return dict(flat)
+
+    def check_point(self, key_path: str, base: dict, values: dict, family: str) -> None:
+        """Resolve one trial's full config (per point, per family) as the runner will."""
+        from merc.train import resolve_config
+        try:
+            model, flat = split_point(self.model, base, values, self.known, "spec")
+            resolve_config(model, flat, family, source="spec")
+        except ConfigError as err:
+            msg = "; ".join(part.split("spec: ", 1)[-1] for part in str(err).split("; "))
+            raise self.err(key_path, f"({family}) {msg}") from None
 
 
 def _first_family(model_cls) -> str:
@@ -459,7 +627,7 @@ def _parse_grid(ctx: _Ctx, key_path: str, raw: dict) -> tuple[dict, list[GridPoi
             raise ctx.err(f"{key_path}.axes", "needs at least one axis")
         axes = {}
         for k, vals in axes_raw.items():
-            name = ctx.key(f"{key_path}.axes.{k}", k)
+            name = ctx.key(f"{key_path}.axes.{k}", k, allow_model=True)
             axes[name] = _parse_grid_values(ctx, f"{key_path}.axes.{k}", name, vals)
         pts = []
         for combo in itertools.product(*axes.values()):
@@ -471,8 +639,8 @@ def _parse_grid(ctx: _Ctx, key_path: str, raw: dict) -> tuple[dict, list[GridPoi
         raise ctx.err(f"{key_path}.points", "needs at least one point")
     pts = []
     for label, values in pr.items():
-        flat = ctx.check_flat(f"{key_path}.points.{label}", values)
-        pts.append(GridPoint(str(label), {ctx.key(f"{key_path}.points.{label}.{k}", k): v
+        flat = ctx.check_flat(f"{key_path}.points.{label}", values, allow_model=True)
+        pts.append(GridPoint(str(label), {ctx.key(f"{key_path}.points.{label}.{k}", k, True): v
                                           for k, v in flat.items()}))
     return {}, pts
 
@@ -489,30 +657,70 @@ def _parse_seeds(ctx: _Ctx, key_path: str, seeds: Any) -> list[int]:
     return list(seeds)
 
 
-def _parse_study(ctx: _Ctx, name: str, raw: Any, quick: bool) -> StudySpec:
+def _parse_curves(ctx: _Ctx, key_path: str, raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(c, str) and c.strip("_*") for c in raw):
+        raise ctx.err(key_path, f"expected a list of per-epoch metric names (an entry ending in "
+                                f"'_' or '*' is a prefix), found {raw!r}")
+    return list(raw)
+
+
+def _resolve_reference(ctx: _Ctx, key_path: str, ref: Any, points: list[GridPoint],
+                       axes: dict) -> tuple[Optional[str], dict[str, str]]:
+    """(the reference label, point label -> its reference label for a partial reference)."""
+    if ref is None:
+        return None, {}
+    labels = [p.label for p in points]
+    if not isinstance(ref, dict):
+        if str(ref) not in labels:
+            raise ctx.err(key_path, f"unknown point {ref!r}; points: {', '.join(labels[:20])}")
+        return str(ref), {}
+    vals = {ctx.key(f"{key_path}.{k}", k, allow_model=True): v for k, v in ref.items()}
+    hit = [p.label for p in points if set(p.values) == set(vals) and
+           all(p.values.get(k) == v for k, v in vals.items())]
+    if hit:
+        return hit[0], {}
+    if axes and vals and set(vals) < set(axes):   # one reference per group of the other axes
+        by_values = {tuple(sorted((k, _fmt(v)) for k, v in p.values.items())): p.label
+                     for p in points}
+        ref_of = {}
+        for p in points:
+            target = tuple(sorted((k, _fmt(v)) for k, v in {**p.values, **vals}.items()))
+            if target not in by_values:
+                raise ctx.err(key_path, f"{ref!r} is not a point of the grid")
+            ref_of[p.label] = by_values[target]
+        return ref_of[points[0].label], ref_of
+    raise ctx.err(key_path, f"{ref!r} is not a point of the grid")
+
+
+def _families(spec: "SweepSpec", ctx: _Ctx) -> list[str]:
+    return list(spec.defaults) or [_first_family(ctx.model_cls)]
+
+
+def _check_points(ctx: _Ctx, spec: "SweepSpec", kp: str, points: list[GridPoint], fixed: dict,
+                  quick: bool, axes: dict) -> None:
+    """Every point's full trial config resolves, for every family (as the runner builds it)."""
+    for fam in _families(spec, ctx):
+        for p in points:
+            where = f"{kp}.points.{p.label}" if not axes else f"{kp}.axes (point {p.label})"
+            ctx.check_point(where, spec.trial_base(fam, quick, fixed, p.values), p.values, fam)
+
+
+def _parse_study(ctx: _Ctx, name: str, raw: Any, quick: bool,
+                 spec: Optional["SweepSpec"] = None) -> StudySpec:
     kp = f"studies.{name}"
     raw = _mapping(ctx, kp, raw, STUDY_KEYS)
     q = _mapping(ctx, f"{kp}.quick", raw.get("quick"), QUICK_KEYS)
     axes, points = _parse_grid(ctx, kp, raw)
     seeds = _parse_seeds(ctx, f"{kp}.seeds", raw.get("seeds", [0]))
-    fixed = ctx.check_flat(f"{kp}.fixed", raw.get("fixed"))
-    fixed = {ctx.key(f"{kp}.fixed.{k}", k): v for k, v in fixed.items()}
-    ref = raw.get("reference")
+    fixed = ctx.check_flat(f"{kp}.fixed", raw.get("fixed"), allow_model=True)
+    fixed = {ctx.key(f"{kp}.fixed.{k}", k, True): v for k, v in fixed.items()}
     labels = [p.label for p in points]
-    ref_label = None
-    if ref is not None:
-        if isinstance(ref, dict):
-            vals = {ctx.key(f"{kp}.reference.{k}", k): v for k, v in ref.items()}
-            hit = [p.label for p in points if all(p.values.get(k) == v for k, v in vals.items())
-                   and set(p.values) == set(vals)]
-            if not hit:
-                raise ctx.err(f"{kp}.reference", f"{ref!r} is not a point of the grid")
-            ref_label = hit[0]
-        else:
-            if str(ref) not in labels:
-                raise ctx.err(f"{kp}.reference", f"unknown point {ref!r}; points: "
-                                                 f"{', '.join(labels[:20])}")
-            ref_label = str(ref)
+    ref_label, ref_of = _resolve_reference(ctx, f"{kp}.reference", raw.get("reference"), points,
+                                           axes)
     paper = _mapping(ctx, f"{kp}.paper", raw.get("paper"))
     for fam, vals in paper.items():
         vals = _mapping(ctx, f"{kp}.paper.{fam}", vals)
@@ -522,9 +730,13 @@ def _parse_study(ctx: _Ctx, name: str, raw: Any, quick: bool) -> StudySpec:
                                                           f"points: {', '.join(labels[:20])}")
             if not _is_num(v):
                 raise ctx.err(f"{kp}.paper.{fam}.{label}", f"expected a number, found {v!r}")
+    curves = _parse_curves(ctx, f"{kp}.curves", raw["curves"]) if "curves" in raw else \
+        list(spec.curves if spec else [])
     st = StudySpec(name, str(raw.get("title", name)), points, axes, seeds, fixed, ref_label,
                    {f: {str(k): float(v) for k, v in d.items()} for f, d in paper.items()},
-                   str(raw.get("paper_note", "")), raw.get("dataset"))
+                   str(raw.get("paper_note", "")), raw.get("dataset"), ref_of, curves)
+    if spec is not None:
+        _check_points(ctx, spec, kp, points, fixed, False, axes)
     if q:
         # validate the quick variant always; use it when asked
         sub = {k: v for k, v in raw.items() if k not in ("quick", "axes", "points", "paper")}
@@ -538,12 +750,20 @@ def _parse_study(ctx: _Ctx, name: str, raw: Any, quick: bool) -> StudySpec:
             sub["fixed"] = {**(raw.get("fixed") or {}), **q["fixed"]}
         qaxes, qpoints = _parse_grid(ctx, f"{kp}.quick", sub)
         qseeds = _parse_seeds(ctx, f"{kp}.quick.seeds", sub.get("seeds", [0]))
-        qfixed = ctx.check_flat(f"{kp}.quick.fixed", sub.get("fixed"))
+        qfixed = ctx.check_flat(f"{kp}.quick.fixed", sub.get("fixed"), allow_model=True)
+        qfixed = {ctx.key(f"{kp}.quick.fixed.{k}", k, True): v for k, v in qfixed.items()}
+        if spec is not None:
+            _check_points(ctx, spec, f"{kp}.quick", qpoints, qfixed, True, qaxes)
         if quick:
             qlabels = [p.label for p in qpoints]
+            try:
+                qref, qref_of = _resolve_reference(ctx, f"{kp}.reference", raw.get("reference"),
+                                                   qpoints, qaxes)
+            except SpecError:   # the reference is outside the quick grid
+                qref, qref_of = None, {}
             st.points, st.axes, st.seeds = qpoints, qaxes, qseeds
-            st.fixed = {ctx.key(f"{kp}.quick.fixed.{k}", k): v for k, v in qfixed.items()}
-            st.reference = ref_label if ref_label in qlabels else None
+            st.fixed = qfixed
+            st.reference, st.ref_of = qref, qref_of
             st.paper = {f: {k: v for k, v in d.items() if k in qlabels}
                         for f, d in st.paper.items()}
     return st
@@ -579,8 +799,17 @@ def load_spec(path: str | Path, quick: bool = False) -> SweepSpec:
                             f"{', '.join(sorted(TOP_KEYS))}")
     if "model" not in raw or not isinstance(raw["model"], str):
         raise SpecError(f"{path}: model: a spec must name its model (a registry name)")
-    ctx = _Ctx(path, raw["model"])
-    spec = SweepSpec(path=path, model=raw["model"], raw=raw)
+    models = raw.get("models") or []
+    if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+        raise SpecError(f"{path}: models: expected a list of model registry names, found "
+                        f"{models!r}")
+    ctx = _Ctx(path, raw["model"], models)
+    name = raw.get("name", raw["model"])
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ctx.err("name", f"expected a short name (experiment prefix), found {name!r}")
+    spec = SweepSpec(path=path, model=raw["model"], raw=raw, name=name, models=list(ctx.models),
+                     curves=_parse_curves(ctx, "curves", raw.get("curves")))
+    spec.known = ctx.known
     if "dataset" in raw:
         if not isinstance(raw["dataset"], str):
             raise ctx.err("dataset", f"expected a string, found {raw['dataset']!r}")
@@ -599,6 +828,21 @@ def load_spec(path: str | Path, quick: bool = False) -> SweepSpec:
         ctx.check_flat(f"defaults.{fam}", flat, family=str(fam))
         spec.defaults[str(fam)] = {ctx.key(f"defaults.{fam}.{k}", k): v
                                    for k, v in (flat or {}).items()}
+    md = _mapping(ctx, "model_defaults", raw.get("model_defaults"))
+    for m, per_fam in md.items():
+        if m not in ctx.models:
+            raise ctx.err(f"model_defaults.{m}", f"{m!r} is not one of this spec's models "
+                                                 f"({', '.join(ctx.models)}); list it under "
+                                                 f"`models:`")
+        per_fam = _mapping(ctx, f"model_defaults.{m}", per_fam)
+        spec.model_defaults[m] = {}
+        for fam, flat in per_fam.items():
+            kp = f"model_defaults.{m}.{fam}"
+            flat = _mapping(ctx, kp, flat)
+            for k, v in flat.items():
+                ctx.key(f"{kp}.{k}", k)
+                ctx.check_value(f"{kp}.{k}", k, v, str(fam), model=m)
+            spec.model_defaults[m][str(fam)] = {_key_name(k): v for k, v in flat.items()}
     spec.fixed = {ctx.key(f"fixed.{k}", k): v
                   for k, v in ctx.check_flat("fixed", raw.get("fixed")).items()}
     q = _mapping(ctx, "quick", raw.get("quick"), QUICK_KEYS)
@@ -625,9 +869,19 @@ def load_spec(path: str | Path, quick: bool = False) -> SweepSpec:
             d = parse_dist(ctx, f"search.quick.space.{k}", name, v)
             if quick:
                 spec.search.space[name] = d
+    if spec.search is not None:
+        for fam in _families(spec, ctx):
+            base = spec.base_flat(fam, quick=quick)
+            model = spec.model
+            active = active_keys(model, base)
+            for k in spec.search.space:
+                if k not in active:
+                    raise ctx.err(f"search.space.{k}", f"key {k!r} is not used by model "
+                                                       f"{model!r} with strategy "
+                                                       f"{trial_strategy(model, base, fam)!r}")
     studies = _mapping(ctx, "studies", raw.get("studies"))
-    for name, st in studies.items():
-        spec.studies[str(name)] = _parse_study(ctx, str(name), st, quick)
+    for sname, st in studies.items():
+        spec.studies[str(sname)] = _parse_study(ctx, str(sname), st, quick, spec)
     return spec
 
 
@@ -672,6 +926,8 @@ def load_fixed_config(path: str | Path) -> tuple[str, Optional[str], dict[str, A
 def format_summary(spec: SweepSpec) -> str:
     """What ``merc sweep validate`` prints on success."""
     lines = [f"{spec.path}: OK (model {spec.model}, metric {spec.metric} {spec.mode})"]
+    if len(spec.models) > 1:
+        lines.append(f"  models: {', '.join(spec.models)}")
     if spec.defaults:
         lines.append(f"  defaults for: {', '.join(spec.defaults)}")
     if spec.search:
@@ -681,8 +937,12 @@ def format_summary(spec: SweepSpec) -> str:
     for st in spec.studies.values():
         shape = " x ".join(str(len(v)) for v in st.axes.values()) if st.axes else \
             f"{len(st.points)} points"
+        ref = st.reference or "-"
+        if st.ref_of:
+            ref = f"{len(st.reference_labels)} (one per group, e.g. {st.reference})"
         lines.append(f"  study {st.name}: {shape} x {len(st.seeds)} seeds = {st.num_trials} "
-                     f"trials; reference {st.reference or '-'}")
+                     f"trials; reference {ref}" +
+                     (f"; curves {', '.join(st.curves)}" if st.curves else ""))
     return "\n".join(lines)
 
 

@@ -238,6 +238,8 @@ class MercMLflowCallback(Callback):
                 "ray.trial_id": tid, "merc.stage": self.stage, "merc.seed": str(cfg.get("seed")),
                 "merc.config_hash": config_hash(flat), "merc.status": "running",
                 "merc.trial_key": self.trial_key(cfg), **self.tags}
+        if flat.get("model"):   # a study that selects the model per point
+            tags["merc.model"] = str(flat["model"])
         if self.study:
             tags["merc.study"] = self.study
         if cfg.get("_point") is not None:

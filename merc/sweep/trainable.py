@@ -1,9 +1,11 @@
 """The function every Ray trial runs: resolve the flat config, train with :func:`merc.train.fit`,
 report each epoch to Tune with a resumable checkpoint.
 
-The trial's config is the *full* flat config (every TrainConfig and model key) plus ``_merc``, a
-small dict of sweep context (model, dataset root, family, modules to import) and, for searches,
-``_optuna`` (study and trial number). Keys starting with ``_`` are bookkeeping, never model keys.
+The trial's config is the *full* flat config (every TrainConfig, model and strategy key) plus
+``_merc``, a small dict of sweep context (model, dataset root, family, modules to import) and, for
+searches, ``_optuna`` (study and trial number). Keys starting with ``_`` are bookkeeping, never
+model keys. A study whose points select the model carries the key ``model`` too (it overrides
+``_merc``'s model and is not passed to resolve_config).
 
 Per epoch the trial reports fit's metrics plus ``epoch`` (1-based, the step MLflow and Optuna
 use) and ``merc_last`` (1.0 on the epoch after which fit stops by itself), with a checkpoint
@@ -76,6 +78,7 @@ def run_trial(config: dict) -> None:
     for mod in ctx.get("imports", []):
         importlib.import_module(mod)
     flat = flat_of(config)
+    model_name = str(flat.pop("model", ctx["model"]))   # a study may select the model per point
     cpus, gpus = _trial_cpus_gpus()
     if not flat.get("threads"):
         flat["threads"] = max(1, int(cpus))
@@ -86,7 +89,7 @@ def run_trial(config: dict) -> None:
                 torch.cuda.set_per_process_memory_fraction(gpus)
             except Exception:
                 pass
-    train, model_cfg = resolve_config(ctx["model"], flat, ctx["family"], source="trial config")
+    train, model_cfg = resolve_config(model_name, flat, ctx["family"], source="trial config")
     data = open_data(ctx["data_root"], train)
 
     resume = None
@@ -122,13 +125,13 @@ def run_trial(config: dict) -> None:
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, os.path.join(d, STATE_FILE))
             if last and state.get("best_state") is not None:
-                save_model(os.path.join(d, MODEL_FILE), ctx["model"], train, model_cfg, data.meta,
+                save_model(os.path.join(d, MODEL_FILE), model_name, train, model_cfg, data.meta,
                            state["best_state"],
                            extra={"flat": flat, "best_epoch": state["best_epoch"],
                                   "best": state["best"], "data_fingerprint": data.meta.fingerprint})
             tune.report(m, checkpoint=tune.Checkpoint.from_directory(d))
 
-    result = fit(ctx["model"], data, train, model_cfg, report=report, checkpoint=checkpoint,
+    result = fit(model_name, data, train, model_cfg, report=report, checkpoint=checkpoint,
                  resume=resume)
     if result.status == "diverged":
         last = result.history[-1] if result.history else {}
