@@ -230,6 +230,7 @@ def plot_curves(ctab: pd.DataFrame, study, expanded: dict[str, list[str]],
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     order = [p.label for p in study.points]
@@ -241,7 +242,11 @@ def plot_curves(ctab: pd.DataFrame, study, expanded: dict[str, list[str]],
         n = len(metrics)
         ncols = min(n, 3)
         nrows = math.ceil(n / ncols)
-        fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols + 1.8, 3.2 * nrows),
+        present = [lb for lb in order if (ctab.point == lb).any()]
+        lcols = min(3, max(1, len(present)))
+        leg_h = 0.3 + 0.17 * math.ceil(len(present) / lcols)     # inches
+        fig_h = 3.0 * nrows + leg_h + 0.3
+        fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.4 * ncols + 0.4, 8.5), fig_h),
                                  squeeze=False)
         cmap = plt.get_cmap("tab20" if len(order) > 10 else "tab10")
         for i, m in enumerate(metrics):
@@ -257,6 +262,7 @@ def plot_curves(ctab: pd.DataFrame, study, expanded: dict[str, list[str]],
                 if (c.n > 1).any():
                     ax.fill_between(c.epoch, c["mean"] - c["std"], c["mean"] + c["std"],
                                     color=color, alpha=0.12, lw=0)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("epoch")
             ax.set_ylabel(m)
             ax.set_title(m, fontsize=9)
@@ -264,10 +270,11 @@ def plot_curves(ctab: pd.DataFrame, study, expanded: dict[str, list[str]],
         for k in range(n, nrows * ncols):
             axes[k // ncols][k % ncols].axis("off")
         handles, labels = axes[0][0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="center right", fontsize=6, title="point (mean over "
-                   "seeds)", title_fontsize=6)
+        fig.legend(handles, labels, loc="lower center", ncol=lcols, fontsize=6.5, frameon=False,
+                   title="grid point (mean over seeds; band ± std; thick = reference)",
+                   title_fontsize=6.5)
         fig.suptitle(f"{study.title}: {entry}", fontsize=9)
-        fig.tight_layout(rect=(0, 0, 1 - 1.7 / (4.2 * ncols + 1.8), 1))
+        fig.tight_layout(rect=(0, leg_h / fig_h, 1, 1))
         p = out_dir / f"{curve_file_stem(study.name, entry)}.png"
         fig.savefig(p, dpi=110)
         plt.close(fig)
