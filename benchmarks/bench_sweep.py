@@ -18,8 +18,10 @@
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
+import shutil
 import os
 import statistics
 import time
@@ -43,6 +45,11 @@ BUDGET_TARGET = 0.25
 
 
 def _quiet_env() -> None:
+    # trials import benchmarks.sweep_probe; they run with the sweep's work directory as cwd
+    from benchmarks.common import REPO
+    pp = os.environ.get("PYTHONPATH", "")
+    if str(REPO) not in pp.split(os.pathsep):
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), pp) if p)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # the "experiment state snapshotting ... may become a bottleneck" warning: counted, not shown
@@ -132,6 +139,31 @@ def child_runs(outcome, history: tuple[str, ...] = ()) -> list[dict]:
     return out
 
 
+@contextlib.contextmanager
+def _in_dir(path: Path):
+    """Run a sweep from its work directory: with a sqlite tracking URI MLflow puts artifacts in
+    ``./mlruns`` relative to the current directory (the runner does not set an artifact root)."""
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) if \
+        Path(path).exists() else 0
+
+
+def _cleanup(work: Path) -> None:
+    """Drop the sweep's checkpoints and artifacts (gigabytes) unless MERC_BENCH_KEEP is set."""
+    if os.environ.get("MERC_BENCH_KEEP"):
+        return
+    for sub in ("ray", "mlruns"):
+        shutil.rmtree(work / sub, ignore_errors=True)
+
+
 def _opts(**kw):
     from merc.sweep.runner import options_from
     return options_from(**kw)
@@ -161,7 +193,7 @@ def run_overhead(ctx: Context) -> dict:
                  imports=["benchmarks.sweep_probe"], print_fn=lambda *a, **k: None)
     _shutdown_ray()
     ctx.log(f"[sweep_overhead] 8 trials x {epochs} epochs, one at a time ...")
-    with DriverTimers() as dt:
+    with DriverTimers() as dt, _in_dir(work):
         with Clock() as c:
             outcome = run_sweep(opts)
     _shutdown_ray()
@@ -177,6 +209,9 @@ def run_overhead(ctx: Context) -> dict:
             ensure_experiment(MlflowClient(outcome.tracking_uri), outcome.experiment)
         warm_open.append(cm.wall)
     trials = child_runs(outcome, history=("epoch_time",))
+    disk = {"ray_storage_mib": _du(work / "ray") / 2**20,
+            "mlflow_artifacts_mib": _du(work / "mlruns") / 2**20}
+    _cleanup(work)
     n = len(trials)
     train_per_trial = [sum(t["hist.epoch_time"]) for t in trials]
     trial_total = [t.get("trial_time_s") or 0.0 for t in trials]
@@ -256,7 +291,9 @@ def run_overhead(ctx: Context) -> dict:
           "checkpoint size": summary([r["bytes"] / 2**20 for r in saves], unit="MiB"),
           "MLflow logging per trial (driver)": summary([mlflow_s / max(n, 1)]),
           "trial set-up (open_data) per trial": summary([r["open_data_s"] for r in starts]),
-          "MLflow store open + experiment, existing sqlite db": summary(warm_open)}
+          "MLflow store open + experiment, existing sqlite db": summary(warm_open),
+          "disk left: Ray storage (checkpoints)": summary([disk["ray_storage_mib"]], unit="MiB"),
+          "disk left: MLflow artifacts": summary([disk["mlflow_artifacts_mib"]], unit="MiB")}
     return {
         "description": OVERHEAD_DOC,
         "setup": {"trials": n, "epochs_per_trial": epochs, "model": "corect, paper defaults "
@@ -356,7 +393,7 @@ def run_efficiency(ctx: Context) -> dict:
         "seeds": [0]}})
     _shutdown_ray()
     ctx.log(f"[sweep_efficiency] grid: {n_grid} points x {epochs} epochs ...")
-    with Clock() as cg:
+    with Clock() as cg, _in_dir(work):
         og = run_sweep(_opts(spec=str(spec), study="window", name="grid", **common))
     if og.exit_code != 0:
         raise RuntimeError(f"grid sweep exit code {og.exit_code}")
@@ -375,7 +412,7 @@ def run_efficiency(ctx: Context) -> dict:
         spec_s = write_spec(work / f"search{s}.yaml", fixed, {}, search)
         _shutdown_ray()
         ctx.log(f"[sweep_efficiency] TPE+ASHA search, sampler seed {s}: {num_samples} trials ...")
-        with DriverTimers() as dts, Clock() as cs:
+        with DriverTimers() as dts, Clock() as cs, _in_dir(work):
             os_ = run_sweep(_opts(spec=str(spec_s), search=True, name=f"search-seed{s}", **common))
         if os_.exit_code != 0:
             raise RuntimeError(f"search sweep (seed {s}) exit code {os_.exit_code}")
@@ -404,6 +441,7 @@ def run_efficiency(ctx: Context) -> dict:
             "driver_s": {k: round(v, 3) for k, v in dts.wall.items()},
             "driver_calls": dict(dts.calls)})
     _shutdown_ray()
+    _cleanup(work)
     gaps = [s["gap_val"] for s in searches if s["gap_val"] is not None]
     shares = [s["epochs_share"] for s in searches]
     rows = [["grid", n_grid, n_grid, g_epochs, "100%", f"{gbest['sel_val_wf1']:.2f}",

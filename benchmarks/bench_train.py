@@ -104,7 +104,8 @@ def thread_comparison(root: Path, n_steps: int, all_threads: int) -> dict:
                 opt.step()
             times[th].append(c.wall)
     torch.set_num_threads(all_threads)
-    return {f"corect train step (batch of 10) threads={th} threads={th}": summary(v) for th, v in times.items()}
+    return {f"corect train step (batch of 10) threads={th}": summary(v)
+            for th, v in times.items()}
 
 
 def run(ctx: Context) -> dict:

@@ -321,7 +321,18 @@ def aggregate(fits: list[dict], base: Optional[dict], models: Sequence[str],
                                   pm["test_wf1_mean"] > lr["test_wf1"],
                                   f"{_pm(pm['test_wf1_mean'], pm['test_wf1_std'])} vs "
                                   f"{lr['test_wf1']:.2f}"))
-    return {"per_model": per_model, "tables": tables, "targets": targets}
+    notes = []
+    for name in models:
+        pm = per_model[name]
+        n = len(pm["seeds_done"])
+        if n and pm["selected_at_last_epoch"] * 2 > n:
+            notes.append(f"{name}: the dev-selected epoch is the last one ({epochs[name]}) in "
+                         f"{pm['selected_at_last_epoch']}/{n} seeds, so dev w-F1 was still rising: "
+                         f"under-trained at this budget, its numbers are a lower bound")
+        if lr and pm["test_wf1_mean"] is not None and pm["test_wf1_mean"] <= lr["test_wf1"]:
+            notes.append(f"{name} does not beat the context-free logistic regression "
+                         f"({pm['test_wf1_mean']:.2f} vs {lr['test_wf1']:.2f} test w-F1)")
+    return {"per_model": per_model, "tables": tables, "targets": targets, "notes": notes}
 
 
 def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
@@ -357,7 +368,8 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
 
     def flush() -> None:
         agg = aggregate(sec["fits"], sec["baselines"], models, seeds, epochs)
-        sec.update(per_model=agg["per_model"], tables=agg["tables"], targets=agg["targets"])
+        sec.update(per_model=agg["per_model"], tables=agg["tables"], targets=agg["targets"],
+                   notes=agg["notes"] + sec.get("extra_notes", []))
         sec["measurements"] = {f"{n} epoch time": agg["per_model"][n]["epoch_time"]
                                for n in models if agg["per_model"][n]["epoch_time"]["n"]}
         sec["load_average"]["end"] = load_average()
