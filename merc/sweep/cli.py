@@ -54,7 +54,9 @@ def add_run_arguments(p: argparse.ArgumentParser, with_spec: bool = True) -> Non
     p.add_argument("--epochs", type=int, help="override the epochs of every trial")
     p.add_argument("--seeds", type=_seeds, help="override a study's seeds, e.g. 0,1,2")
     p.add_argument("--set", dest="overrides", type=_kv, action="append", default=[],
-                   metavar="KEY=VALUE", help="override a config key for every trial")
+                   metavar="KEY=VALUE", help="override a config key for every trial "
+                                                   "(model=NAME: train another of the spec's "
+                                                   "models)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions allowed (0.5)")
     p.add_argument("--max-concurrent", type=int, default=0, help="0 = as resources allow")

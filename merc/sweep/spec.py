@@ -17,6 +17,8 @@ Grammar (all keys optional except ``model``)::
     mode: max
     defaults:                        # the paper's defaults per dataset family (flat keys)
       iemocap6: {lr: 3.0e-4, window_past: 11, window_future: 9}
+    model_defaults:                  # per model and family, over `defaults` (multi-model specs)
+      mmdfn: {iemocap6: {spcl_epsilon: 0.4}}
     fixed: {epochs: 50}              # applied to every trial, over the defaults
     quick: {dataset: synthetic:tiny, epochs: 2, num_samples: 8, fixed: {hidden_size: 32}}
     search:
