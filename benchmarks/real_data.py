@@ -335,6 +335,12 @@ def aggregate(fits: list[dict], base: Optional[dict], models: Sequence[str],
     return {"per_model": per_model, "tables": tables, "targets": targets, "notes": notes}
 
 
+def description() -> str:
+    """The module docstring's first two paragraphs on one line (for the Markdown)."""
+    return (" ".join(__doc__.split("\n\n")[1:3]).replace("\n* ", " - ").replace("\n  ", " ")
+            .replace("\n", " ").replace(": * ", ": - "))
+
+
 def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   epochs: dict[str, int], workers: int = 2, out_dir: Optional[Path] = None,
                   log: Callable[[str], None] = print, doc: Optional[dict] = None,
@@ -347,7 +353,7 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
     t0 = time.time()
     man = read_manifest(data)
     sec: dict[str, Any] = {
-        "description": " ".join(__doc__.split("\n\n")[1:3]).replace("\n", " "),
+        "description": description(),
         "setup": {"data": str(data), "fingerprint": man.fingerprint,
                   "dialogues (train/valid/test)": "/".join(
                       str(man.splits[s].dialogues) for s in ("train", "valid", "test")),
