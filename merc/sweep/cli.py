@@ -62,6 +62,9 @@ def add_run_arguments(p: argparse.ArgumentParser, with_spec: bool = True) -> Non
     p.add_argument("--max-concurrent", type=int, default=0, help="0 = as resources allow")
     p.add_argument("--retries", type=int, default=1, help="retries of a failed trial (from its "
                                                           "last checkpoint)")
+    p.add_argument("--checkpoint-interval", type=float, default=30.0,
+                   help="seconds between a trial's resume checkpoints (0 = every epoch; the last "
+                        "epoch is always saved); a retried trial replays at most this much")
     p.add_argument("--address", help="an existing Ray cluster (auto, ray://host:10001, host:6379)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance")
     p.add_argument("--mlflow-uri", help="tracking server URI (default: sqlite ./mlflow.db)")

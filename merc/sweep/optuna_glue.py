@@ -271,6 +271,8 @@ def pruned_reason(config: dict) -> Optional[str]:
         return None
     steps = sorted(ft.intermediate_values)
     at = steps[-1] if steps else 0
+    if isinstance(study.pruner, optuna.pruners.NopPruner):   # the spec chose ASHA instead
+        return f"stopped by ASHA at epoch {at} (recorded PRUNED in Optuna)"
     return f"pruned by optuna {type(study.pruner).__name__} at epoch {at}"
 
 

@@ -52,6 +52,7 @@ class SweepOptions:
     gpus_per_trial: float = 0.0
     max_concurrent: int = 0
     retries: int = 1
+    checkpoint_interval: float = 30.0    # seconds between trial checkpoints (last epoch always)
     address: Optional[str] = None
     num_cpus: Optional[int] = None       # local Ray only
     mlflow_uri: Optional[str] = None
@@ -355,7 +356,8 @@ class _Sweep:
     def ctx(self) -> dict:
         return {"model": self.model, "family": self.family,
                 "data_root": str(self.data_root), "metric": self.spec.metric,
-                "imports": list(self.o.imports)}
+                "imports": list(self.o.imports),
+                "checkpoint_interval": float(self.o.checkpoint_interval)}
 
     def study_configs(self) -> list[dict]:
         st = self.study
@@ -440,7 +442,7 @@ class _Sweep:
             run_config=tune.RunConfig(
                 name=name, storage_path=self.storage, callbacks=[cb], verbose=max(0, o.verbose - 1),
                 failure_config=tune.FailureConfig(max_failures=o.retries),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2)))
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         return tuner
 
     def run_stage(self, name: str, stage: str, configs: Optional[list[dict]] = None):

@@ -9,7 +9,7 @@ model keys. A study whose points select the model carries the key ``model`` too 
 
 Per epoch the trial reports fit's metrics plus ``epoch`` (1-based, the step MLflow and Optuna
 use) and ``merc_last`` (1.0 on the epoch after which fit stops by itself), with a checkpoint
-holding fit's resume state; the last epoch's checkpoint also holds ``model.pt``
+holding fit's resume state every ``checkpoint_interval`` seconds (``--checkpoint-interval``); the last epoch's checkpoint also holds ``model.pt``
 (:func:`merc.train.save_model`: state dict + JSON config of the selected epoch). A diverged fit
 (non-finite loss) ends with one extra result carrying ``merc_status='diverged'`` and the reason;
 the driver tags the trial errored and tells Optuna FAIL. Exceptions propagate: Ray retries the
@@ -24,6 +24,7 @@ import importlib
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,13 @@ def run_trial(config: dict) -> None:
     except Exception:
         node_id = ""
 
+    # Resume checkpoints are large (model + optimizer + the selected epoch's weights), and Ray
+    # copies each to storage: save one every `checkpoint_interval` seconds and at the last epoch.
+    # A retried trial replays the epochs since (deterministically; the MLflow callback and the
+    # Optuna glue skip steps they already have).
+    interval = float(ctx.get("checkpoint_interval", 0.0))
+    clock = {"last": time.monotonic()}
+
     def checkpoint(state: dict, epoch: int) -> None:
         pending["state"] = state
 
@@ -119,9 +127,10 @@ def run_trial(config: dict) -> None:
         m["merc_last"] = 1.0 if last else 0.0
         m["node_id"] = node_id
         state = pending.pop("state", None)
-        if state is None:
+        if state is None or not (last or time.monotonic() - clock["last"] >= interval):
             tune.report(m)
             return
+        clock["last"] = time.monotonic()
         with tempfile.TemporaryDirectory() as d:
             torch.save(state, os.path.join(d, STATE_FILE))
             if last and state.get("best_state") is not None:
