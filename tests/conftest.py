@@ -29,14 +29,10 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_dir(tmp_path_factory):
-    """A small IEMOCAP-shaped dataset (small dims) on which models can learn in seconds."""
-    from merc.data.synthetic import PRESETS, synth
-    cfg = PRESETS["iemocap6"].model_copy(update={
-        "name": "synthetic-small", "dialogues": {"train": 40, "valid": 10, "test": 12},
-        "utterances": None, "length_mean": 20.0, "length_min": 4, "length_max": 40,
-        "dims": {"audio": 16, "text": 32, "visual": 24}, "latent_dim": 12})
+    """The ``small`` preset: IEMOCAP-shaped, small dims; models learn on it in seconds."""
+    from merc.data.synthetic import synth
     path = tmp_path_factory.mktemp("small")
-    synth(path, cfg, seed=0)
+    synth(path, "small", seed=0)
     return path
 
 

@@ -26,7 +26,8 @@ real emotions. Generative process, per dialogue (all draws from one ``numpy`` ge
 
 Presets: ``iemocap6`` (6 classes, 2 speakers, 108/12/31 dialogues, a100/t768/v512), ``iemocap4``
 (the four kept classes), ``meld`` (7 classes, 2-9 speakers, 1038/114/280 short dialogues,
-a300/t768/v342) and ``tiny`` (a few short dialogues, small dims, for tests).
+a300/t768/v342), ``small`` (40/10/12 IEMOCAP-like dialogues, small dims: a study's shape in
+minutes on a laptop) and ``tiny`` (a few short dialogues, small dims, for tests).
 """
 from __future__ import annotations
 
@@ -97,6 +98,9 @@ PRESETS: dict[str, SynthConfig] = {
                         length_mean=9.6, length_min=1, length_max=24, num_speakers=9,
                         speakers_per_dialogue=(2, 9), speaker_scope="dialogue", turn_switch=0.7,
                         dims={"audio": 300, "text": 768, "visual": 342}),
+    "small": SynthConfig(name="synthetic-small", dialogues={"train": 40, "valid": 10, "test": 12},
+                         utterances=None, length_mean=20.0, length_min=4, length_max=40,
+                         dims={"audio": 16, "text": 32, "visual": 24}, latent_dim=12),
     "tiny": SynthConfig(name="synthetic-tiny", dialogues={"train": 16, "valid": 4, "test": 4},
                         utterances=None, length_mean=10.0, length_min=3, length_max=16,
                         dims={"audio": 8, "text": 16, "visual": 12}, latent_dim=8,
