@@ -91,19 +91,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run(opts)
 
 
-def _run(opts) -> int:
-    from merc.sweep.runner import run_sweep
+def _exit_code_of(call) -> tuple[int, object]:
+    """Run ``call()``; a spec error or an error carrying ``exit_code`` becomes one message on
+    stderr and that exit code; anything else propagates."""
     try:
-        return run_sweep(opts).exit_code
+        return 0, call()
     except SpecError as err:
         _err(str(err))
-        return EXIT_SPEC_ERROR
+        return EXIT_SPEC_ERROR, None
     except Exception as err:
         code = getattr(err, "exit_code", None)
         if code is None:
             raise
         _err(str(err))
-        return code
+        return code, None
+
+
+def _run(opts) -> int:
+    from merc.sweep.runner import run_sweep
+    code, outcome = _exit_code_of(lambda: run_sweep(opts))
+    return outcome.exit_code if outcome is not None else code
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -119,18 +126,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from merc.sweep.best import export_best
-    try:
-        res = export_best(args.experiment, metric=args.metric, alias=args.alias,
-                          out=args.out, tracking_uri=args.mlflow_uri, sweep=args.sweep,
-                          model_name=args.registered_name)
-    except SpecError as err:
-        _err(str(err))
-        return EXIT_SPEC_ERROR
-    except Exception as err:
-        code = getattr(err, "exit_code", None)
-        if code is None:
-            raise
-        _err(str(err))
+    code, res = _exit_code_of(lambda: export_best(
+        args.experiment, metric=args.metric, alias=args.alias, out=args.out,
+        tracking_uri=args.mlflow_uri, sweep=args.sweep, model_name=args.registered_name))
+    if res is None:
         return code
     print(res.summary)
     return 0
