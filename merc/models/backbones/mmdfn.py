@@ -34,11 +34,10 @@ import torch
 from pydantic import Field
 from torch import nn
 from merc.config import ModelConfig
-from merc.data.dataset import Batch, DatasetMeta
-from merc.models.backbones._common import GCNIILayer
+from merc.data.dataset import DatasetMeta
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
-from merc.models.backbones.mmgcn import MultimodalGraphEncoder, split_heads
-from merc.models.base import MercModel, Output, register_model
+from merc.models.backbones.mmgcn import MMGCN
+from merc.models.base import register_model
 
 
 class MMDFNConfig(ModelConfig):
@@ -59,32 +58,21 @@ class MMDFNConfig(ModelConfig):
 
 
 @register_model("mmdfn", MMDFNConfig, paper="Hu et al., ICASSP 2022 (as an SPCL late-fusion backbone)")
-class MMDFN(MercModel):
-    """Late-fusion MM-DFN (see the module docstring)."""
+class MMDFN(MMGCN):
+    """Late-fusion MM-DFN: MMGCN's graph and GCNII stack with gated filtering across layers."""
 
     config: MMDFNConfig
+    graph_name = "MM-DFN"
 
     def __init__(self, config: MMDFNConfig, meta: DatasetMeta):
         super().__init__(config, meta)
-        cfg = config
-        self.graph = MultimodalGraphEncoder(meta, cfg, "MM-DFN")
-        d, h = self.graph.dim, cfg.hidden_size
-        self.modalities = self.graph.modalities
-        self.fc_in = nn.Linear(d, h)
-        self.convs = nn.ModuleList(GCNIILayer(h, cfg.gcn_alpha, cfg.gcn_lambda, l + 1)
-                                   for l in range(cfg.gcn_layers))
-        self.gates = nn.ModuleList(nn.GRUCell(h, h) for _ in range(cfg.gcn_layers))
-        self.drop = nn.Dropout(cfg.dropout)
-        self.heads = nn.ModuleDict({m: nn.Linear(d + h, meta.num_classes)
-                                    for m in self.modalities})
+        h = config.hidden_size
+        self.gates = nn.ModuleList(nn.GRUCell(h, h) for _ in range(config.gcn_layers))
 
-    def forward(self, batch: Batch) -> Output:
-        nodes, adj = self.graph(batch)
-        h0 = torch.relu(self.fc_in(self.drop(nodes)))
+    def propagate(self, h0: torch.Tensor, adj) -> torch.Tensor:
         h = h0
         for conv, gate in zip(self.convs, self.gates):
             c = torch.relu(conv(self.drop(h), h0, adj))              # graph aggregation C^(l)
             # gated filtering across layers: GRUCell(input C^(l), hidden H^(l-1)) per node
             h = gate(c.reshape(-1, c.shape[-1]), h.reshape(-1, h.shape[-1])).view_as(c)
-        out = self.drop(torch.cat([nodes, h], -1))
-        return split_heads(out, self.modalities, self.heads, batch.mask)
+        return h

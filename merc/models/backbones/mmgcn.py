@@ -123,11 +123,12 @@ class MMGCN(MercModel):
     """Late-fusion MMGCN (see the module docstring)."""
 
     config: MMGCNConfig
+    graph_name = "MMGCN"
 
     def __init__(self, config: MMGCNConfig, meta: DatasetMeta):
         super().__init__(config, meta)
         cfg = config
-        self.graph = MultimodalGraphEncoder(meta, cfg, "MMGCN")
+        self.graph = MultimodalGraphEncoder(meta, cfg, self.graph_name)
         d, h = self.graph.dim, cfg.hidden_size
         self.modalities = self.graph.modalities
         self.fc_in = nn.Linear(d, h)                                 # GCNII input layer
@@ -140,8 +141,13 @@ class MMGCN(MercModel):
     def forward(self, batch: Batch) -> Output:
         nodes, adj = self.graph(batch)
         h0 = torch.relu(self.fc_in(self.drop(nodes)))
+        h = self.propagate(h0, adj)
+        out = self.drop(torch.cat([nodes, h], -1))                   # [encoder ; graph] per node
+        return split_heads(out, self.modalities, self.heads, batch.mask)
+
+    def propagate(self, h0: torch.Tensor, adj) -> torch.Tensor:
+        """The deep GCNII stack over the multimodal graph."""
         h = h0
         for conv in self.convs:                                      # MMGCN Eqs. (6)-(7)
             h = torch.relu(conv(self.drop(h), h0, adj))
-        out = self.drop(torch.cat([nodes, h], -1))                   # [encoder ; graph] per node
-        return split_heads(out, self.modalities, self.heads, batch.mask)
+        return h
