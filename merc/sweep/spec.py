@@ -575,13 +575,19 @@ def _parse_search(ctx: _Ctx, raw: Any) -> SearchSpec:
     return s
 
 
-def _parse_sampler(ctx: _Ctx, key_path: str, raw: Any) -> dict:
+def _typed_entry(ctx: _Ctx, key_path: str, raw: Any, table: dict, default: str,
+                 kind: str) -> tuple[str, dict]:
+    """``{type: NAME, **args}`` -> (NAME, args); NAME must be a key of ``table``."""
     raw = _mapping(ctx, key_path, raw)
-    t = raw.get("type", "tpe")
-    if t not in SAMPLERS:
-        raise ctx.err(f"{key_path}.type", f"unknown sampler {t!r}; expected one of "
-                                          f"{', '.join(sorted(SAMPLERS))}")
-    args = {k: v for k, v in raw.items() if k != "type"}
+    t = raw.get("type", default)
+    if t not in table:
+        raise ctx.err(f"{key_path}.type", f"unknown {kind} {t!r}; expected one of "
+                                          f"{', '.join(sorted(table))}")
+    return t, {k: v for k, v in raw.items() if k != "type"}
+
+
+def _parse_sampler(ctx: _Ctx, key_path: str, raw: Any) -> dict:
+    t, args = _typed_entry(ctx, key_path, raw, SAMPLERS, "tpe", "sampler")
     _check_optuna_args(ctx, key_path, SAMPLERS[t], args)
     return {"type": t, **args}
 
@@ -589,12 +595,7 @@ def _parse_sampler(ctx: _Ctx, key_path: str, raw: Any) -> dict:
 def _parse_pruner(ctx: _Ctx, key_path: str, raw: Any) -> dict:
     if isinstance(raw, str):
         raw = {"type": raw}
-    raw = _mapping(ctx, key_path, raw)
-    t = raw.get("type", "median")
-    if t not in PRUNERS:
-        raise ctx.err(f"{key_path}.type", f"unknown pruner {t!r}; expected one of "
-                                          f"{', '.join(sorted(PRUNERS))}")
-    args = {k: v for k, v in raw.items() if k != "type"}
+    t, args = _typed_entry(ctx, key_path, raw, PRUNERS, "median", "pruner")
     if t == "asha":
         for k, v in args.items():
             if k not in ASHA_ARGS:
