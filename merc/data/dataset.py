@@ -9,6 +9,9 @@ A :class:`Batch` holds B dialogues padded to the longest, N utterances:
 * ``labels``       long  [B, N]     class ids, -100 at padding and unlabelled utterances
 * ``lengths``      long  [B]        dialogue lengths
 * ``index``        long  [B]        dialogue indices in the split (strategies key on these)
+* ``unmasked``     the features *before* the missing-modality mask (only when some entry is
+                   missing, else ``None``): the ground truth of reconstruction losses (Mi-CGA eq. 29,
+                   GCNet). A model must never feed it into its prediction.
 """
 from __future__ import annotations
 
@@ -49,10 +52,13 @@ class Batch:
     labels: torch.Tensor
     lengths: torch.Tensor
     index: torch.Tensor
+    unmasked: Optional[dict[str, torch.Tensor]] = None
 
     def to(self, device: torch.device | str) -> "Batch":
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
         kw["features"] = {m: x.to(device, non_blocking=True) for m, x in self.features.items()}
+        if self.unmasked is not None:
+            kw["unmasked"] = {m: x.to(device, non_blocking=True) for m, x in self.unmasked.items()}
         for k in ("present", "mask", "speakers", "labels", "lengths", "index"):
             kw[k] = kw[k].to(device, non_blocking=True)
         return Batch(**kw)
@@ -110,18 +116,22 @@ class DialogueSplit:
             present_rows = torch.from_numpy(self.present[rows])
         present = torch.zeros(B, N, len(self.modalities), dtype=torch.bool)
         present[pos_b, pos_n] = present_rows
-        feats = {}
+        feats, unmasked = {}, ({} if not bool(present_rows.all()) else None)
         for k, m in enumerate(self.modalities):
             src = torch.from_numpy(np.ascontiguousarray(self.arrays.features[m][rows]))
             x = torch.zeros(B, N, src.shape[1])
             x[pos_b, pos_n] = src * present_rows[:, k:k + 1]
             feats[m] = x
+            if unmasked is not None:
+                full = torch.zeros(B, N, src.shape[1])
+                full[pos_b, pos_n] = src
+                unmasked[m] = full
         speakers = torch.zeros(B, N, dtype=torch.long)
         speakers[pos_b, pos_n] = torch.from_numpy(self.arrays.speakers[rows])
         labels = torch.full((B, N), IGNORE_INDEX, dtype=torch.long)
         labels[pos_b, pos_n] = torch.from_numpy(self.arrays.labels[rows])
         return Batch(feats, present, mask, speakers, labels, torch.from_numpy(lens.astype(np.int64)),
-                     torch.from_numpy(idx))
+                     torch.from_numpy(idx), unmasked)
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: Optional[torch.Generator] = None,
