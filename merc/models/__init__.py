@@ -8,7 +8,8 @@ from merc.models.base import REGISTRY, MercModel, ModelEntry, Output, register_m
 #: modules that register models; importing them fills REGISTRY
 _MODULES = ["merc.models.corect", "merc.models.backbones.dialoguegcn",
             "merc.models.backbones.biddin", "merc.models.backbones.mmgcn",
-            "merc.models.backbones.mmdfn"]
+            "merc.models.backbones.mmdfn", "merc.models.multidag",
+            "merc.models.ada2i"]
 
 
 def _load_all() -> None:

@@ -18,7 +18,7 @@ class NoConfig(StrictConfig):
 
 STRATEGIES: dict[str, tuple[type[Strategy], type[StrictConfig]]] = {"none": (Strategy, NoConfig)}
 #: modules that register strategies
-_MODULES = ["merc.strategies.spcl"]
+_MODULES = ["merc.strategies.spcl", "merc.strategies.bucket_cl", "merc.strategies.ada2i"]
 
 
 def register_strategy(name: str, config_cls: type[StrictConfig]):
