@@ -9,7 +9,7 @@ from merc.models.base import REGISTRY, MercModel, ModelEntry, Output, register_m
 _MODULES = ["merc.models.corect", "merc.models.backbones.dialoguegcn",
             "merc.models.backbones.biddin", "merc.models.backbones.mmgcn",
             "merc.models.backbones.mmdfn", "merc.models.multidag",
-            "merc.models.ada2i"]
+            "merc.models.ada2i", "merc.models.micga"]
 
 
 def _load_all() -> None:

@@ -57,7 +57,8 @@ resolved this way at validation time, for every family of ``defaults``.
 
 ``reference`` may name a subset of the axes (``reference: {strategy: none}``): each point is then
 compared with the point that shares its other axis values (one reference per group, e.g. per
-backbone and modality subset).
+backbone and modality subset). Named ``points`` that all set the same keys group the same way
+(a grid with holes, e.g. Mi-CGA's modality subsets x the missing rates each subset allows).
 """
 from __future__ import annotations
 
@@ -686,7 +687,10 @@ def _resolve_reference(ctx: _Ctx, key_path: str, ref: Any, points: list[GridPoin
            all(p.values.get(k) == v for k, v in vals.items())]
     if hit:
         return hit[0], {}
-    if axes and vals and set(vals) < set(axes):   # one reference per group of the other axes
+    keys = set(axes)
+    if not axes and all(set(p.values) == set(points[0].values) for p in points):
+        keys = set(points[0].values)    # named points that set the same keys: a grid with holes
+    if keys and vals and set(vals) < keys:   # one reference per group of the other axes
         by_values = {tuple(sorted((k, _fmt(v)) for k, v in p.values.items())): p.label
                      for p in points}
         ref_of = {}

@@ -1,0 +1,12 @@
+"""Mi-CGA studies and searches: `python sweeps/micga.py --study smoothing --quick`.
+
+Thin on purpose (`ray submit` uploads only this file; the engine is the installed `merc`
+package): every option is documented by `--help` (merc/sweep/cli.py). The spec is
+search_spaces/micga.yaml.
+"""
+import sys
+
+from merc.sweep.cli import model_script_main
+
+if __name__ == "__main__":
+    sys.exit(model_script_main("micga"))
