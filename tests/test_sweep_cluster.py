@@ -1,5 +1,5 @@
 """Cluster configs validate against Ray's own schema; a sweep spreads over a real two-node Ray
-cluster on 127.0.0.1.
+cluster on 127.0.0.1 whose worker node does not see the driver's files.
 
 The two-node test stops its nodes by process id (the processes whose command line names its own
 ``--temp-dir``), not with ``ray stop``: ``ray stop`` kills every Ray process on the host, which
@@ -21,6 +21,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# the `ray` command next to this interpreter (the venv's), not whatever PATH holds
+RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() \
+    else "ray"
 
 
 def test_gpu_yaml_passes_ray_schema():
@@ -80,38 +83,102 @@ def _kill_tagged(tag: str) -> list[int]:
     return [p.pid for p in procs()]
 
 
+def _private_mount(hidden: Path) -> list[str] | None:
+    """A command prefix running its command in a private mount namespace (root, else a user
+    namespace), or None where neither works here."""
+    for pre in (["unshare", "--mount", "--propagation", "private"],
+                ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]):
+        try:
+            r = subprocess.run(pre + ["sh", "-c", f"mount -t tmpfs none '{hidden}'"],
+                               capture_output=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0:
+            return pre
+    return None
+
+
+DRIVER = """
+import shutil, sys
+from merc.sweep.cli import model_script_main
+spec, address, data, shipped = sys.argv[1:5]
+common = ["--spec", spec, "--study", "speaker", "--quick", "--epochs", "1", "--address", address,
+          "--cpus-per-trial", "1", "--max-concurrent", "2"]
+rc1 = model_script_main("corect", common + ["--seeds", "0,1", "--data-dir", data,
+                                            "--experiment", "two-node-path"])
+shutil.rmtree(shipped, ignore_errors=True)   # the worker node must fetch the data again
+rc2 = model_script_main("corect", common + ["--seeds", "0", "--data-dir", "file://" + data,
+                                            "--experiment", "two-node-uri"])
+sys.exit(rc1 or rc2)
+"""
+
+
 @pytest.mark.integration
 def test_two_node_cluster(tmp_path):
+    """A sweep over a head node (the driver's disk) and a worker node that cannot see the
+    driver's files: the worker runs in a private mount namespace with an empty tmpfs over the
+    driver's directory (dataset + the driver's cache), and with its own cache directory. Its
+    trials must open the dataset shipped through Ray's object store, given as a path, then as a
+    ``file://`` URI (the worker's copy deleted in between, so it is fetched again). Ray's results
+    directory stays visible to both nodes: it stands for the shared storage (s3://) of a real
+    cluster."""
+    from merc.data.synthetic import synth
+    hidden = tmp_path / "driver"
+    data = hidden / "data"
+    synth(data, "tiny", seed=0)
+    (hidden / "marker").write_text("driver only")
+    prefix = _private_mount(hidden)
+    if prefix is None:
+        pytest.skip("no private mount namespace here (unshare -m / -Urm both failed)")
+    worker_cache = tmp_path / "worker_cache"
     temp_dir = tempfile.mkdtemp(prefix="mrc", dir="/tmp")  # short: raylet socket paths are limited
     port = _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", MERC_CACHE=str(hidden / "cache"),
+               TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
     env.pop("RAY_ADDRESS", None)
+    wenv = dict(env, MERC_CACHE=str(worker_cache), HOME=str(tmp_path / "worker_home"))
     common = ["--num-cpus=1", "--dashboard-agent-listen-port=0", "--metrics-export-port=0",
               "--disable-usage-stats"]
     try:
-        subprocess.run(["ray", "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
                         f"--temp-dir={temp_dir}", "--include-dashboard=false", *common],
                        check=True, env=env, capture_output=True, timeout=180)
-        subprocess.run(["ray", "start", f"--address=127.0.0.1:{port}",
-                        "--node-ip-address=127.0.0.1", "--resources", json.dumps({"node2": 1}),
-                        *common], check=True, env=env, capture_output=True, timeout=180)
+        worker = " ".join([RAY, "start", f"--address=127.0.0.1:{port}",
+                           "--node-ip-address=127.0.0.1", "--resources",
+                           "'" + json.dumps({"node2": 1}) + "'", *common])
+        subprocess.run(prefix + ["sh", "-c", f"mount -t tmpfs none '{hidden}' && exec {worker}"],
+                       check=True, env=wenv, capture_output=True, timeout=180)
+        # the worker node's processes really do not see the driver's files
+        import psutil
+        mine = os.readlink("/proc/self/ns/mnt")
+        walled = [p.pid for p in psutil.process_iter(["cmdline"])
+                  if temp_dir in " ".join(p.info["cmdline"] or []) and "raylet" in
+                  " ".join(p.info["cmdline"] or []) and os.readlink(f"/proc/{p.pid}/ns/mnt") != mine]
+        assert walled, "the worker node's raylet is not in its own mount namespace"
+        assert not Path(f"/proc/{walled[0]}/root{hidden}/marker").exists()
+        assert not Path(f"/proc/{walled[0]}/root{data}/manifest.json").exists()
         r = subprocess.run(
-            [sys.executable, str(REPO / "sweeps" / "corect.py"), "--spec",
-             str(REPO / "search_spaces" / "corect.yaml"), "--study", "speaker", "--quick",
-             "--seeds", "0,1", "--epochs", "1", "--address", f"127.0.0.1:{port}",
-             "--cpus-per-trial", "1", "--max-concurrent", "2"],
+            [sys.executable, "-c", DRIVER, str(REPO / "search_spaces" / "corect.yaml"),
+             f"127.0.0.1:{port}", str(data), str(worker_cache / "shipped")],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "materialised once per node" in r.stdout
         from mlflow.tracking import MlflowClient
+        from merc.data.format import read_manifest
+        fp = read_manifest(data).fingerprint
+        assert (worker_cache / "shipped" / fp / "manifest.json").is_file()   # fetched again
         c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        exp = c.get_experiment_by_name("corect-speaker")
-        runs = c.search_runs([exp.experiment_id], "tags.`merc.stage` = 'speaker'")
-        assert len(runs) == 4
-        assert all(x.data.tags["merc.status"] == "completed" for x in runs)
-        nodes = {x.data.tags.get("ray.node_id") for x in runs}
-        assert len(nodes) == 2, nodes                       # trials landed on both nodes
-        parents = c.search_runs([exp.experiment_id], "tags.`merc.role` = 'parent'")
-        assert len(parents) == 1
+        for exp_name, n, ds in (("two-node-path", 4, str(data)),
+                                ("two-node-uri", 2, f"file://{data}")):
+            exp = c.get_experiment_by_name(exp_name)
+            runs = c.search_runs([exp.experiment_id], "tags.`merc.stage` = 'speaker'")
+            assert len(runs) == n, exp_name
+            assert all(x.data.tags["merc.status"] == "completed" for x in runs), [
+                (x.data.tags.get("merc.status"), x.data.tags.get("merc.reason")) for x in runs]
+            nodes = {x.data.tags.get("ray.node_id") for x in runs}
+            assert len(nodes) == 2, (exp_name, nodes)          # trials ran on both nodes
+            parents = c.search_runs([exp.experiment_id], "tags.`merc.role` = 'parent'")
+            assert len(parents) == 1 and parents[0].data.tags["merc.dataset"] == ds
     finally:
         left = _kill_tagged(temp_dir)
     assert not left, f"Ray processes of {temp_dir} still alive: {left}"

@@ -3,8 +3,10 @@
 Order of work (each step fails before the next starts):
 
 1. load and validate the spec (:class:`~merc.sweep.spec.SpecError`, exit 2) - no Ray yet;
-2. resolve the dataset (``synthetic:<preset>`` is generated and cached; a directory as is; an
-   ``s3://``/``gs://`` URI is copied once to a node-local cache) and read its manifest;
+2. resolve the dataset (``synthetic:<preset>`` is generated and cached; a directory or ``file://``
+   URI as is; an ``s3://``/``gs://`` URI is copied once to the driver's cache) and read its
+   manifest; after Ray starts, the dataset is shipped to every node through the object store
+   (:mod:`merc.sweep.datashipping`);
 3. check MLflow (an unreachable ``--mlflow-uri`` stops here, exit 3), create the experiment and
    the parent run (or find it again on ``--resume``);
 4. start or join Ray, build the Tuner (studies: the grid x seeds in a fixed order, no pruning;
@@ -125,9 +127,14 @@ def materialize_data(uri: str) -> Path:
 def resolve_dataset(spec: SweepSpec, opts: SweepOptions) -> tuple[str, Path]:
     """(dataset spec string as recorded, local dataset root)."""
     from merc.data.synthetic import PRESETS, resolve_data
+    from merc.sweep.datashipping import local_path
     if opts.data_dir:
         ds = opts.data_dir
-        root = materialize_data(ds) if is_remote(ds) else resolve_data(ds)
+        root = materialize_data(ds) if is_remote(ds) else local_path(ds).resolve()
+        if not (root / "manifest.json").is_file():
+            raise SpecError(f"--data-dir {ds}: {root} is not a merc dataset directory (no "
+                            f"manifest.json); create one with `merc data synth` or "
+                            f"`merc data import`")
         return ds, root
     if opts.dataset:
         ds = opts.dataset if (":" in opts.dataset or "/" in opts.dataset or
@@ -139,7 +146,8 @@ def resolve_dataset(spec: SweepSpec, opts: SweepOptions) -> tuple[str, Path]:
     else:
         ds = spec.dataset or "synthetic:iemocap6"
     try:
-        root = resolve_data(ds)
+        root = resolve_data(ds if ds.startswith("synthetic:") or local_path(ds) is None
+                            else local_path(ds))
     except ValueError as err:
         raise SpecError(f"--dataset: {err}") from None
     if not (Path(root) / "manifest.json").is_file():
@@ -379,12 +387,19 @@ class _Sweep:
         return out
 
     def trainable(self):
+        """run_trial with its resources and the dataset shipped to every node (the driver's
+        local path means nothing on another node: :mod:`merc.sweep.datashipping`)."""
         from ray import tune
         from merc.sweep.trainable import run_trial
         res = {"cpu": self.o.cpus_per_trial}
         if self.o.gpus_per_trial:
             res["gpu"] = self.o.gpus_per_trial
-        return tune.with_resources(run_trial, res)
+        if getattr(self, "shipment", None) is None:
+            from merc.sweep.datashipping import ship
+            self.shipment = ship(self.dataset, self.data_root)
+            self.p(f"[merc] data: {self.shipment.nbytes / 2**20:.1f} MiB in Ray's object store, "
+                   f"materialised once per node (fingerprint {self.shipment.fingerprint})")
+        return tune.with_resources(tune.with_parameters(run_trial, data=self.shipment), res)
 
     def build_tuner(self, name: str, stage: str, configs: Optional[list[dict]] = None):
         from ray import tune
@@ -447,14 +462,10 @@ class _Sweep:
 
     def run_stage(self, name: str, stage: str, configs: Optional[list[dict]] = None):
         from ray import tune
-        from merc.sweep.trainable import run_trial
         path = self.path(name)
         if self.o.resume and self._can_restore(path):
             self.p(f"[merc] resuming {path}")
-            res = {"cpu": self.o.cpus_per_trial}
-            if self.o.gpus_per_trial:
-                res["gpu"] = self.o.gpus_per_trial
-            tuner = tune.Tuner.restore(path, tune.with_resources(run_trial, res),
+            tuner = tune.Tuner.restore(path, self.trainable(),
                                        resume_unfinished=True, resume_errored=False)
             # the restored callback/searcher come from the pickle; recompute display fields
             if configs is not None:

@@ -15,8 +15,10 @@ holding fit's resume state every ``checkpoint_interval`` seconds (``--checkpoint
 the driver tags the trial errored and tells Optuna FAIL. Exceptions propagate: Ray retries the
 trial from its last checkpoint (``--retries``), then marks it ERROR.
 
-Data: arrays are memory-mapped (``MercData`` opens ``.npy`` with ``mmap_mode='r'``) so every trial
-on a node shares the page cache; the opened dataset is also cached per worker process.
+Data: the driver ships the dataset through Ray's object store (:mod:`merc.sweep.datashipping`);
+the first trial on a node materialises it in the node's cache, keyed by the fingerprint. Arrays
+are memory-mapped (``MercData`` opens ``.npy`` with ``mmap_mode='r'``) so every trial on a node
+shares the page cache; the opened dataset is also cached per worker process.
 """
 from __future__ import annotations
 
@@ -72,8 +74,19 @@ def _clean(metrics: dict) -> dict[str, float]:
     return out
 
 
-def run_trial(config: dict) -> None:
-    """The Ray Tune function trainable."""
+def data_root(ctx: dict, data: Any = None) -> str:
+    """This node's directory of the sweep's dataset: the shipped copy of a
+    :class:`~merc.sweep.datashipping.DataHandle` (materialised once per node), else the driver's
+    ``data_root`` (the trainable called outside a sweep, e.g. in unit tests)."""
+    if data is None:
+        return ctx["data_root"]
+    from merc.sweep.datashipping import node_root
+    return str(node_root(data))
+
+
+def run_trial(config: dict, data: Any = None) -> None:
+    """The Ray Tune function trainable (``data``: the sweep's DataHandle, through
+    ``tune.with_parameters``)."""
     from merc.train import fit, resolve_config, save_model
     ctx = config["_merc"]
     for mod in ctx.get("imports", []):
@@ -91,7 +104,7 @@ def run_trial(config: dict) -> None:
             except Exception:
                 pass
     train, model_cfg = resolve_config(model_name, flat, ctx["family"], source="trial config")
-    data = open_data(ctx["data_root"], train)
+    data = open_data(data_root(ctx, data), train)
 
     resume = None
     ck = tune.get_checkpoint()
