@@ -63,4 +63,13 @@ def run_import(fmt: str, src: str | Path, out: str | Path, **options: Any) -> Ma
     src = Path(src)
     if not src.exists():
         raise DatasetError(f"{src}: source does not exist")
-    return fn(src, Path(out), **options)
+    try:
+        return fn(src, Path(out), **options)
+    except DatasetError:
+        raise
+    except (TypeError, AttributeError, IndexError, KeyError, ValueError, OverflowError,
+            RecursionError, MemoryError, UnicodeError) as err:
+        # a file that unpickles to data of the wrong shape or type: one line, naming the file
+        text = " ".join(str(err).split())[:300]
+        raise DatasetError(f"{src}: not a valid {fmt!r} source: {type(err).__name__}: {text}") \
+            from None
