@@ -130,8 +130,10 @@ def cmd_import(args) -> int:
 
 def cmd_inspect(args) -> int:
     import numpy as np
-    from merc.data.format import read_manifest, read_split
+    from merc.data.format import read_manifest, read_split, verify_dataset
     m = read_manifest(args.dir)
+    if getattr(args, "verify", False):
+        print(f"verified  {verify_dataset(args.dir)}")
     print(f"dataset   {m.name}  (family {m.family}, fingerprint {m.fingerprint})")
     print(f"classes   {m.num_classes}: {', '.join(m.label_names)}")
     if m.iemocap4_definition:
@@ -202,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(fn=cmd_import)
     n = dsub.add_parser("inspect", help="print a dataset's manifest, class counts and dims")
     n.add_argument("dir")
+    n.add_argument("--verify", action="store_true", help="hash every file against the manifest "
+                   "fingerprint and check every array (exit 2 naming the first problem)")
     n.set_defaults(fn=cmd_inspect)
     f = dsub.add_parser("featurize", help="compute text features with a sentence encoder")
     f.add_argument("dir")
@@ -230,7 +234,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return int(args.fn(args) or 0)
     except (UsageError, ConfigError, DatasetError, KeyError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"merc: error: {msg}", file=sys.stderr)
+        print(f"merc: error: {' '.join(str(msg).split())}", file=sys.stderr)  # one line
         return 2
 
 

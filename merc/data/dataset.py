@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from merc.data.format import (IGNORE_INDEX, LETTER_TO_MODALITY, MODALITY_TO_LETTER, DatasetError,
-                              Manifest, SplitArrays, read_manifest, read_split)
+                              Manifest, SplitArrays, check_usable, read_manifest, read_split,
+                              verify_fingerprint)
 from merc.data.transforms import fixed_missing_mask, parse_modalities, random_missing_mask
 
 
@@ -166,13 +167,18 @@ class MercData:
                                f"{(M - 1) / M:.3f}] for {M} modalities (one is always kept)")
         self.modalities = tuple(m for m in self.manifest.modalities if m in mods)
         fp = self.manifest.fingerprint
-        self.splits = {s: DialogueSplit(read_split(self.root, s, self.manifest), self.modalities,
-                                        missing_rate, seed, fp, missing_redraw and s == "train")
-                       for s in self.manifest.splits}
         for s in ("train", "valid", "test"):
-            if s not in self.splits:
-                raise DatasetError(f"{self.root}: split {s!r} is missing (found "
-                                   f"{sorted(self.splits)})")
+            if s not in self.manifest.splits:
+                raise DatasetError(f"{self.root / 'manifest.json'}: split {s!r} is missing (found "
+                                   f"{sorted(self.manifest.splits)})")
+        arrays = {s: read_split(self.root, s, self.manifest) for s in self.manifest.splits}
+        check_usable(self.root, arrays)
+        # after the structural checks (their messages are more precise): a file changed since
+        # the dataset was written (cheap when sizes and mtimes match the last full check)
+        self.verified = verify_fingerprint(self.root, self.manifest)
+        self.splits = {s: DialogueSplit(a, self.modalities, missing_rate, seed, fp,
+                                        missing_redraw and s == "train")
+                       for s, a in arrays.items()}
         self.meta = DatasetMeta(
             name=self.manifest.name, family=self.manifest.family, modalities=self.modalities,
             dims={m: self.manifest.modalities[m] for m in self.modalities},

@@ -36,7 +36,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from merc.data.format import IGNORE_INDEX, DatasetError, Dialogue, Manifest
+from merc.data.format import IGNORE_INDEX, DatasetError, Dialogue, Manifest, safe_join
 from merc.data.importers import register_importer
 from merc.data.importers.pickles import (IEMOCAP4_LABELS, IEMOCAP6_LABELS, MOSEI_BINARY_LABELS,
                                          SpeakerMap, carve_valid, check_labels, finish, id_list,
@@ -68,6 +68,14 @@ def _label_file(src: Path, label_file: Optional[str]) -> Path:
     return cands[0]
 
 
+def _npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - not .npy, truncated, an object array
+        raise DatasetError(f"{path}: not a readable .npy feature array ({type(err).__name__}: "
+                           f"{' '.join(str(err).split())[:200]})") from None
+
+
 def _pool(arr: np.ndarray, path: Path) -> np.ndarray:
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 2:
@@ -95,17 +103,18 @@ class _FeatureDir:
         self.n_missing = 0
 
     def load(self, utt: str, speaker: str) -> Optional[np.ndarray]:
-        f = self.root / f"{utt}.npy"
+        # ids come from the label pickle: a `../` or absolute id must not leave the folder
+        f = safe_join(self.root, f"{utt}.npy", what="utterance id (videoIDs)")
         if f.is_file():
-            return _pool(np.load(f, allow_pickle=False), f)
-        d = self.root / utt
+            return _pool(_npy(f), f)
+        d = safe_join(self.root, utt, what="utterance id (videoIDs)")
         if d.is_dir():
-            face = d / f"compress_{speaker}.npy"
+            face = safe_join(d, f"compress_{speaker}.npy", what="speaker (videoSpeakers)")
             if face.is_file():
-                return _pool(np.load(face, allow_pickle=False), face)
+                return _pool(_npy(face), face)
             npys = sorted(d.glob("*.npy"))
             if not speaker and len(npys) == 1:
-                return _pool(np.load(npys[0], allow_pickle=False), npys[0])
+                return _pool(_npy(npys[0]), npys[0])
             where = f"{face} (the face of speaker {speaker!r})"
         else:
             where = f"{f}"
