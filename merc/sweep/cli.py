@@ -174,12 +174,24 @@ def model_script_main(name: str, argv: Optional[Sequence[str]] = None) -> int:
     return cmd_run(args)
 
 
+def spec_candidates(name: str, script: Optional[str] = None) -> list[Path]:
+    """Where ``sweeps/<name>.py`` looks for ``<name>.yaml``, in order: next to the script (its
+    folder and ``../search_spaces``: the repository layout), the working directory's
+    ``search_spaces/``, then inside the installed package (``merc/search_spaces``, package data)."""
+    script = script if script is not None else (sys.argv[0] if sys.argv and sys.argv[0] else "")
+    bases = []
+    if script.endswith(".py"):
+        d = Path(script).resolve().parent
+        bases += [d, d / "search_spaces", d.parent / "search_spaces"]
+    bases += [Path.cwd() / "search_spaces", Path(__file__).resolve().parents[1] / "search_spaces",
+              REPO / "search_spaces"]
+    return [b / f"{name}.yaml" for b in dict.fromkeys(bases)]
+
+
 def _spec_path(name: str) -> Path:
-    for base in (Path.cwd(), REPO, Path.home() / "project"):
-        p = base / "search_spaces" / f"{name}.yaml"
-        if p.is_file():
-            return p
-    return REPO / "search_spaces" / f"{name}.yaml"
+    cands = spec_candidates(name)
+    packaged = Path(__file__).resolve().parents[1] / "search_spaces" / f"{name}.yaml"
+    return next((p for p in cands if p.is_file()), packaged)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
