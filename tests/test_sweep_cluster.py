@@ -34,6 +34,20 @@ def test_gpu_yaml_passes_ray_schema():
     assert cfg["available_node_types"]["gpu_worker"]["resources"]["GPU"] == 1
     assert any("pip install" in c and "merc-sweeps" in c for c in cfg["setup_commands"])
     assert "/home/ray/merc-sweeps" in cfg["file_mounts"]
+    # no CUDA torch download per node: the pinned image (cluster/Dockerfile) carries it
+    assert not any("torch" in c and "pip install" in c for c in cfg["setup_commands"])
+    image = cfg["docker"]["image"]
+    assert ":latest" not in image and "ray2.60.0" in image
+    dockerfile = (REPO / "cluster" / "Dockerfile").read_text()
+    assert "FROM rayproject/ray:2.60.0-py311-gpu" in dockerfile and '"torch==2.13.0"' in dockerfile
+    # workers reach S3 (checkpoints under --storage s3://...)
+    assert "Arn" in cfg["available_node_types"]["gpu_worker"]["node_config"]["IamInstanceProfile"]
+    # what Ray's rsync gets: the venv and tracking stores stay home, .git travels (commit tags)
+    from ray.autoscaler._private.command_runner import SSHCommandRunner
+    args = " ".join(SSHCommandRunner._create_rsync_filter_args(None, options=cfg))
+    for excluded in ("**/.venv", "**/mlflow.db", "**/mlruns", "**/ray_results"):
+        assert f"--exclude {excluded}" in args
+    assert "dir-merge,- .gitignore" in args and ".git " not in args + " " and ".git/" not in args
     bad = copy.deepcopy(cfg)
     bad["available_node_types"]["gpu_worker"]["resorces"] = {"GPU": 1}
     with pytest.raises(Exception, match="resorces"):
@@ -45,6 +59,11 @@ def test_rayjob_manifest():
     assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
     assert "sweeps/corect.py" in job["spec"]["entrypoint"]
     assert job["spec"]["rayClusterSpec"]["rayVersion"].startswith("2.60")
+    gpu = yaml.safe_load((REPO / "cluster" / "gpu.yaml").read_text())
+    spec = job["spec"]["rayClusterSpec"]
+    images = {c["image"] for g in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+              for c in g["template"]["spec"]["containers"]}
+    assert images == {gpu["docker"]["image"]}             # the same pinned image (Dockerfile)
     assert "MLFLOW_TRACKING_URI" in job["spec"]["runtimeEnvYAML"]
 
 
