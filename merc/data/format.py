@@ -331,14 +331,17 @@ def read_split(root: str | os.PathLike, split: str, manifest: Optional[Manifest]
                            f"dialogues")
     if len(set(ids)) != len(ids):
         raise DatasetError(f"{dpath}: duplicate dialogue ids")
+    spath, lpath = sdir / "speakers.npy", sdir / "labels.npy"
+    labels = _int_vector(_load(lpath, False), lpath, "labels")
+    if len(labels) != U:
+        raise DatasetError(f"{opath}: offsets end at utterance {U}, but {lpath.name} holds "
+                           f"{len(labels)} utterances")
     if (info.dialogues, info.utterances) != (D, U):
         raise DatasetError(f"{root / 'manifest.json'}: splits.{split} says {info.dialogues} "
                            f"dialogues / {info.utterances} utterances, the arrays hold {D} / {U}")
     feats = {m: _load(safe_join(sdir, f"{m}.npy", what="modality"), mmap)
              for m in manifest.modalities}
-    spath, lpath = sdir / "speakers.npy", sdir / "labels.npy"
     speakers = _int_vector(_load(spath, False), spath, "speakers")
-    labels = _int_vector(_load(lpath, False), lpath, "labels")
     extra = {}
     for k in manifest.extra_labels:
         epath = safe_join(sdir, f"labels_{k}.npy", what="extra label set")
