@@ -102,6 +102,32 @@ def _kill_tagged(tag: str) -> list[int]:
     return [p.pid for p in procs()]
 
 
+@pytest.mark.integration
+def test_data_shipping_node_copy(ray_local, tiny_dir, tmp_path, monkeypatch):
+    """A node that cannot see the driver's directory gets a checked copy in its cache, once."""
+    from dataclasses import replace
+    from merc.data.dataset import MercData
+    from merc.sweep.datashipping import DataShippingError, local_path, node_root, ship
+    monkeypatch.setenv("MERC_CACHE", str(tmp_path / "cache"))
+    handle = ship("synthetic:tiny", tiny_dir)
+    assert node_root(handle) == Path(tiny_dir)              # visible here: used as is
+    away = replace(handle, driver_root=str(tmp_path / "elsewhere"))
+    root = node_root(away)
+    assert root == tmp_path / "cache" / "shipped" / handle.fingerprint
+    for name in handle.names:
+        assert (root / name).read_bytes() == (Path(tiny_dir) / name).read_bytes(), name
+    assert MercData(root).meta.fingerprint == handle.fingerprint
+    stamp = (root / "manifest.json").stat().st_mtime_ns
+    assert node_root(away) == root and (root / "manifest.json").stat().st_mtime_ns == stamp
+    with pytest.raises(DataShippingError, match="fingerprint"):
+        node_root(replace(away, fingerprint="0" * 16))
+    with pytest.raises(DataShippingError, match="not readable on this node"):
+        node_root(replace(away, fingerprint="1" * 16, files=None))
+    assert local_path("file:///a/b%20c") == Path("/a/b c") and local_path("s3://b/k") is None
+    with pytest.raises(DataShippingError, match="host"):
+        local_path("file://otherhost/x")
+
+
 def _private_mount(hidden: Path) -> list[str] | None:
     """A command prefix running its command in a private mount namespace (root, else a user
     namespace), or None where neither works here."""
