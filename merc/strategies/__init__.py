@@ -18,7 +18,9 @@ class NoConfig(StrictConfig):
 
 STRATEGIES: dict[str, tuple[type[Strategy], type[StrictConfig]]] = {"none": (Strategy, NoConfig)}
 #: modules that register strategies
-_MODULES = ["merc.strategies.spcl", "merc.strategies.bucket_cl", "merc.strategies.ada2i"]
+_MODULES = ["merc.strategies.spcl", "merc.strategies.bucket_cl", "merc.strategies.ada2i",
+            "merc.strategies.rna", "merc.strategies.ogm_ge", "merc.strategies.opm",
+            "merc.strategies.fagm"]
 
 
 def register_strategy(name: str, config_cls: type[StrictConfig]):

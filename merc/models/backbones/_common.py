@@ -25,6 +25,15 @@ from merc.models.base import Output
 
 EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
 
+#: the released SPCL code's Transformer FFN width (``nn.TransformerEncoderLayer``'s default)
+RELEASED_FFN = 2048
+
+
+def released_heads(dim: int) -> int:
+    """Heads of the released SPCL ``Transformer_Encoder``: the first h in 5..14 dividing ``dim``,
+    else 1 (512 -> 8, 768 -> 6, 1024 -> 8)."""
+    return next((h for h in range(5, 15) if dim % h == 0), 1)
+
 
 def to_padded(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Scatter per-utterance rows [U, C] (flat batch order) back to padded [B, N, C]."""
@@ -89,6 +98,29 @@ class SequenceEncoder(nn.Module):
         return torch.relu(self.proj(x))
 
 
+class InputWidthTransformer(nn.Module):
+    """The released SPCL per-modality encoder (``Transformer_Encoder`` / DialogueGCN's
+    ``SeqContext``): ``layers`` Transformer encoder layers *at the input width* d (post-norm, ReLU,
+    FFN ``ff`` = 2048, ``heads`` heads), then ``Linear(d, hidden)``: [B, N, d] -> [B, N, hidden].
+
+    Difference from the release: padding is masked (``src_key_padding_mask``); the released
+    encoders attend over the zero rows of padded dialogues, so a dialogue's encoding depended on the
+    longest dialogue of its batch.
+    """
+
+    def __init__(self, in_dim: int, hidden: int, layers: int, dropout: float, ff: int = RELEASED_FFN,
+                 heads: int | None = None):
+        super().__init__()
+        layer = nn.TransformerEncoderLayer(in_dim, heads or released_heads(in_dim), ff, dropout,
+                                           batch_first=True)
+        self.tf = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.lin_out = nn.Linear(in_dim, hidden)
+        self.out_dim = hidden
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.lin_out(self.tf(x, src_key_padding_mask=~mask))
+
+
 # ---- cached graphs ---------------------------------------------------------------------------
 
 def _key(lengths: torch.Tensor) -> tuple[int, ...]:
@@ -109,13 +141,15 @@ def cached_window_edges(lengths: torch.Tensor, past: int, future: int,
 
 def speaker_relation_types(edge_index: torch.Tensor, speakers_flat: torch.Tensor,
                            num_speakers: int) -> torch.Tensor:
-    """DialogueGCN's 2 * S^2 relations: (speaker of source, speaker of target, source after target).
+    """DialogueGCN's 2 * S^2 relations: (speaker of source, speaker of target, source not before
+    target).
 
-    ``type = 2 * (S * spk[src] + spk[dst]) + [src > dst]``; a self loop counts as "not after"
-    (the original's ``j <= k`` ordering puts the self loop with the past edges).
+    ``type = 2 * (S * spk[src] + spk[dst]) + [src >= dst]``, the layout of the original
+    (``edge_type_to_idx[str(s_src) + str(s_dst) + ('0' if src < dst else '1')]``, kept by the SPCL
+    copy): a self loop shares its relation with the edges from later utterances.
     """
     src, dst = edge_index
-    after = (src > dst).long()
+    after = (src >= dst).long()
     return 2 * (num_speakers * speakers_flat[src] + speakers_flat[dst]) + after
 
 
@@ -181,20 +215,31 @@ class DenseMultimodalAdjacency:
 
 
 class GCNIILayer(nn.Module):
-    """One GCNII layer (Chen et al. 2020; MMGCN Eq. (6), as PyG ``GCN2Conv`` with shared weights)
-    on a dense propagator: ((1 - a) P h + a h0) ((1 - b) I + b W), b = log(lambda / l + 1)."""
+    """One GCNII layer (Chen et al. 2020; MMGCN Eq. (6)) on a dense propagator, b = log(lambda/l + 1),
+    r = (1 - a) P h + a h0:
 
-    def __init__(self, channels: int, alpha: float, lam: float, layer: int):
+    * plain (PyG ``GCN2Conv`` with shared weights): r ((1 - b) I + b W), W [c, c];
+    * ``variant=True`` (GCNII's variant, used by MMGCN's ``GCNII_lyc`` and the SPCL copy):
+      (1 - b) r + b [P h ; h0] W with W [2c, c], initialised U(-1/sqrt(c), 1/sqrt(c)) as released.
+    """
+
+    def __init__(self, channels: int, alpha: float, lam: float, layer: int, variant: bool = False):
         super().__init__()
         self.alpha = alpha
         self.beta = math.log(lam / layer + 1.0)
-        self.weight = nn.Parameter(torch.empty(channels, channels))
-        nn.init.xavier_uniform_(self.weight)
+        self.variant = variant
+        self.weight = nn.Parameter(torch.empty(2 * channels if variant else channels, channels))
+        if variant:
+            nn.init.uniform_(self.weight, -1.0 / math.sqrt(channels), 1.0 / math.sqrt(channels))
+        else:
+            nn.init.xavier_uniform_(self.weight)
 
     def forward(self, h: torch.Tensor, h0: torch.Tensor, adj: DenseMultimodalAdjacency
                 ) -> torch.Tensor:
-        support = (1.0 - self.alpha) * adj.propagate(h) + self.alpha * h0
-        return (1.0 - self.beta) * support + self.beta * (support @ self.weight)
+        hi = adj.propagate(h)
+        r = (1.0 - self.alpha) * hi + self.alpha * h0
+        support = torch.cat([hi, h0], -1) if self.variant else r
+        return (1.0 - self.beta) * r + self.beta * (support @ self.weight)
 
 
 def clear_cache() -> None:

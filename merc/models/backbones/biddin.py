@@ -5,7 +5,33 @@ Conversations", ACM MM 2020 (SPCL ref. [60]); used by SPCL (Nguyen et al., NCAA 
 ``papers/spcl.md``) as the emotion prediction network phi_m of SPCL Eq. (1), the uni-modal logits
 summed into the joint logit (SPCL Eq. (2)).
 
-What, per modality m:
+What (``encoder="released"``, the default: the SPCL copy ``code/backbone/BiDDIN.py``
+``MultiBiModel`` at its defaults, 8,236,836 parameters at a512/t768/v1024, hidden 200 / 150 / 100 /
+100, 6 classes, pinned by ``tests/test_backbones.py``): per modality m an independent
+``BiModel_single``, a bidirectional DialogueRNN with self-attention (BiDDIN's intra-modal stream;
+the SPCL copy has no inter-modal stream, the modalities meet only in the logit sum):
+
+1. a DialogueRNN per direction (``DialogueRNNCell``, listener state off, "simple" attention), over
+   the utterances u_t of each dialogue, with party states q_{s,t} (D_p = ``party_size``), global
+   states g_t (D_g = ``hidden_size``) and emotion states e_t (D_e = ``emotion_size``):
+   g_t = GRU_G([u_t ; q_{s(t),t-1}], g_{t-1});
+   c_t = sum_{t'<t} softmax_t'(w^T (g_t' + PE_t')) (g_t' + PE_t')  (sinusoidal positions, dropout 0.1);
+   q_{s(t),t} = GRU_P([u_t ; c_t], q_{s(t),t-1}) for the speaker, the others keep their state;
+   e_t = GRU_E(q_{s(t),t}, e_{t-1}); dropout after each cell;
+   the backward direction runs on each dialogue reversed, its states reversed back;
+2. E = [e^fwd ; e^bwd] + PE (dropout 0.1), then 4-head self-attention over the dialogue
+   (W_Q, W_K, W_V, output ``fc``, residual, a parameter-free LayerNorm);
+3. ReLU(Linear(2 D_e, 2 D_h)), dropout, Linear(2 D_h, C) -> z^m (SPCL Eq. (1)), summed (Eq. (2)).
+
+The release also creates, per modality, an unused ``uni_fc = Linear(D_h, C)`` and the attention's
+unused query ``transform``; both are created here (they count in the parameter total, get no
+gradient). Remaining differences from the release: the self-attention is masked to the real
+utterances and splits heads per dialogue (the release reshapes the time-major [T, B, E] tensor as
+[B, T, H, E/H], mixing dialogues of a batch, and attends over padding); dialogues run as one batch
+through the step-wise cells, each dialogue's backward pass starting at its own last utterance (as
+the release's ``_reverse_seq``); ``extras["features_<m>"]`` carries the classifier's hidden layer.
+
+``encoder="light"`` keeps the lighter, vectorised structure this project used before:
 1. *intra-modal* influence: a bidirectional GRU over the dialogue on modality m alone,
    c^m_i = BiGRU_m(x^m)_i (SPCL sec. 4.2: "a bidirectional GRU for modality-specific encoding");
 2. *inter-modal* influence: similarity-based attention from c^m_i over the contexts of every
@@ -16,7 +42,7 @@ What, per modality m:
    h^m_i = g * c^m_i + (1 - g) * e^m_i;
 4. classifier Linear-ReLU-dropout-Linear -> z^m.
 
-Choices:
+Choices (light):
 * The released BiDDIN (and the SPCL copy, a DialogueRNN-style ``BiModel`` per modality) updates
   party / global GRU cells one utterance at a time. We keep the two influences and the
   bidirectional GRU encoders but compute them for the whole batch at once (packed GRUs and masked
@@ -35,7 +61,10 @@ from torch import nn
 
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
+from typing import Literal
+
 from merc.models.backbones._common import SequenceEncoder, late_fusion_output
+from merc.models.backbones._dialoguernn import BiModelSingle
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
 
@@ -43,10 +72,14 @@ from merc.models.base import MercModel, Output, register_model
 class BiDDINConfig(ModelConfig):
     """BiDDIN hyperparameters (late fusion per SPCL)."""
 
-    hidden_size: int = Field(200, ge=2)
+    hidden_size: int = Field(200, ge=2)       # released: D_g (global state); light: BiGRU width
+    party_size: int = Field(150, ge=1)        # released D_p (SPCL hidden2_dim)
+    emotion_size: int = Field(100, ge=1)      # released D_e (SPCL hidden3_dim)
+    classifier_size: int = Field(100, ge=1)   # released D_h (SPCL hidden4_dim)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    encoder_layers: int = Field(1, ge=1)
-    causal_attention: bool = False
+    encoder: Literal["released", "light"] = "released"      # SPCL copy / lighter structure
+    encoder_layers: int = Field(1, ge=1)      # light only
+    causal_attention: bool = False            # light only
 
     PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
@@ -64,6 +97,16 @@ class BiDDIN(MercModel):
         self.modalities = tuple(meta.modalities)
         if not self.modalities:
             raise ValueError("BiDDIN needs at least one modality")
+        self.released = cfg.encoder == "released"
+        if self.released:
+            self.bimodel = nn.ModuleDict({m: BiModelSingle(
+                meta.dims[m], cfg.hidden_size, cfg.party_size, cfg.emotion_size,
+                cfg.classifier_size, meta.num_classes, cfg.dropout) for m in self.modalities})
+            # the release's per-modality uni_fc: created, never used
+            self.uni_fc = nn.ModuleDict({m: nn.Linear(cfg.classifier_size, meta.num_classes)
+                                         for m in self.modalities})
+            self.num_parties = max(meta.num_speakers, 1)
+            return
         h = 2 * (cfg.hidden_size // 2)
         self.intra = nn.ModuleDict({m: SequenceEncoder("gru", meta.dims[m], cfg.hidden_size // 2,
                                                        cfg.dropout, cfg.encoder_layers)
@@ -78,13 +121,15 @@ class BiDDIN(MercModel):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, batch: Batch) -> Output:
+        if self.released:
+            return self._forward_released(batch)
         mask = batch.mask
         B, N = mask.shape
         c = {m: self.intra[m](batch.features[m], mask, batch.lengths) for m in self.modalities}
         allowed = mask[:, None, :].expand(B, N, N)                  # key j real
         if self.config.causal_attention:
             allowed = allowed & torch.ones(N, N, dtype=torch.bool, device=mask.device).tril()
-        z = {}
+        z, feats = {}, {}
         for m in self.modalities:
             hm = c[m]
             if self.sim is not None:
@@ -98,4 +143,20 @@ class BiDDIN(MercModel):
                 hm = g * hm + (1 - g) * e                            # gated intra / inter mix
             v = self.drop(torch.relu(self.fc[m](self.drop(hm))))
             z[m] = self.out[m](v) * mask[..., None]                  # SPCL Eq. (1), zero padding
-        return late_fusion_output(z)                                 # SPCL Eq. (2)
+            feats[f"features_{m}"] = v
+        out = late_fusion_output(z)                                  # SPCL Eq. (2)
+        out.extras.update(feats)
+        return out
+
+    def _forward_released(self, batch: Batch) -> Output:
+        mask = batch.mask
+        spk = batch.speakers.clamp(0, self.num_parties - 1)
+        z, feats = {}, {}
+        for m in self.modalities:
+            logit, hidden = self.bimodel[m](batch.features[m], spk, mask, batch.lengths,
+                                            self.num_parties)
+            z[m] = logit * mask[..., None]                           # SPCL Eq. (1), zero padding
+            feats[f"features_{m}"] = hidden
+        out = late_fusion_output(z)                                  # SPCL Eq. (2)
+        out.extras.update(feats)
+        return out

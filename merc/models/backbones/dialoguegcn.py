@@ -5,37 +5,47 @@ Conversation", EMNLP 2019; used per modality by SPCL (Nguyen et al., NCAA 2026, 
 ``papers/spcl.md``), whose uni-modal logits z^m (SPCL Eq. (1)) are summed into the joint logit
 (SPCL Eq. (2)).
 
-What, per modality m (one independent branch each):
-1. sequential context encoder over the dialogue (DialogueGCN sec. 3.2: bidirectional GRU,
-   g_i = GRU(g_{i±1}, u_i)); ``context_encoder="transformer"`` is the SPCL copy's COGMEN-style
-   Transformer ``SeqContext`` instead;
-2. a graph on the utterances where node i receives from the utterances in its window
-   [i - window_past, i + window_future] (inclusive, with the self loop, as the original
-   ``edge_perms``), built with :mod:`merc.graphs` for the whole batch;
-3. edge attention (DialogueGCN Eq. (1)): alpha_ij = softmax_{j in window(i)} (g_i^T W_e g_j);
-4. relational graph convolution (DialogueGCN Eq. (2)) with 2 * S^2 relations (speaker of the source,
-   speaker of the target, source before / after the target) and basis decomposition
-   (``num_bases=30`` as the original), messages weighted by alpha_ij (the original passes alpha as
-   its ``edge_norm``), plus the root (self) weight;
-5. a second, relation-free graph convolution (DialogueGCN Eq. (3), PyG ``GraphConv``);
-6. classifier on [g_i ; h_i] (DialogueGCN Eqs. (4)-(5)): Linear-ReLU-dropout-Linear -> z^m.
+What (``encoder="released"``, the default: the SPCL copy ``code/backbone/dialogueGCN.py``
+``MultiDialogueGCN`` at its defaults, 37,801,168 parameters at a512/t768/v1024, hidden 200 /
+hidden2 150, 6 classes, 2 speakers, pinned by ``tests/test_backbones.py``), one independent branch
+per modality m:
+1. ``SeqContext``: 2 Transformer encoder layers at the input width (1 head, FFN 2048) then
+   ``Linear(d, hidden)`` -> g_i (:class:`InputWidthTransformer`);
+2. the utterance graph of ``edge_perms``: edges j -> k for k in [j - window_past, j + window_future]
+   (inclusive, self loop included), so node k *receives* from [k - window_future, k + window_past]
+   (the mirror of the flag names, as in every PyG-based copy);
+3. ``EdgeAtt`` (DialogueGCN Eq. (1)): alpha_jk = softmax over the window of j of (W_e g_k)^T g_j,
+   normalised over the *outgoing* edges of j as released (``alpha[j, s:e+1] = softmax``);
+4. ``RGCNConv(hidden, hidden2, 2 S^2, num_bases=30)`` with PyG's mean aggregation and no edge
+   weights (DialogueGCN Eq. (2) with 1 / c_{i,r} = 1 / |N_i^r|), relation
+   2 (S s_src + s_dst) + [src >= dst] (a self loop counts with the later utterances);
+5. ``GraphConv(hidden2, hidden2)`` with the attention as edge weights (DialogueGCN Eq. (3));
+6. classifier on [g_i ; h_i]: Linear(hidden + hidden2, hidden2)-ReLU-dropout-Linear -> z^m
+   (DialogueGCN Eqs. (4)-(5)).
+
+Remaining differences from the release: padding is masked in the encoder (the release attends over
+padded rows); ``EdgeAtt``'s ``Linear``-free score has no 110-utterance buffer (the release's
+``alpha`` is ``zeros(mx_len, 110)``, so longer dialogues crash); the graph is built vectorised
+for the whole batch (same edges, same types).
+
+``encoder="light"`` keeps the lighter structure this project used before: ``context_encoder``
+(``gru``: the paper's bidirectional GRU, default; ``transformer``: Linear then one Transformer layer
+at ``hidden``), node i receiving from [i - window_past, i + window_future], attention normalised
+over each node's incoming window and applied inside the RGCN (:class:`AttentiveRGCNConv`, summing
+alpha_ij W_r g_j, as the original's ``edge_norm``), an unweighted ``GraphConv``, one width
+``hidden`` throughout.
 
 Pitfalls of the reference code turned into explicit choices:
-* The original (and the SPCL copy's ``EdgeAtt``) computes attention scores with a
-  ``Linear(D, max_seq_len=110)`` readout, so dialogues longer than 110 utterances break it. Here
-  the scores are the bilinear form of the paper's Eq. (1) over each node's window edges (PyG
-  ``softmax`` grouped by receiving node): no length limit, no buffer.
 * Windows: ``window_past`` / ``window_future`` = 2 / 2 are the SPCL launch defaults (``wp=wf=2``);
   the original DialogueGCN uses 10 / 10. ``-1`` = unbounded.
-* PyG's ``RGCNConv`` takes no edge weights; :class:`AttentiveRGCNConv` subclasses it, keeps its
-  parameters (bases, coefficients, root, bias) and computes sum_r sum_j alpha_ij W_r g_j itself
-  (``aggr="add"``: alpha already normalises over the neighbourhood, as the original's edge_norm).
+* PyG's ``RGCNConv`` takes no edge weights; :class:`AttentiveRGCNConv` (light) subclasses it, keeps
+  its parameters (bases, coefficients, root, bias) and computes sum_r sum_j alpha_ij W_r g_j itself.
 * The original's optional "nodal attention" over the whole dialogue (``--nodal-attention``) is not
   part of the SPCL copy and is omitted.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field
@@ -45,8 +55,9 @@ from torch_geometric.utils import softmax
 
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
-from merc.models.backbones._common import (SequenceEncoder, cached_window_edges,
-                                           late_fusion_output, speaker_relation_types, to_padded)
+from merc.models.backbones._common import (RELEASED_FFN, InputWidthTransformer, SequenceEncoder,
+                                           cached_window_edges, late_fusion_output,
+                                           speaker_relation_types, to_padded)
 from merc.models.base import MercModel, Output, register_model
 
 #: SPCL Table 2 / the SPCL launch defaults shared by the four backbones
@@ -58,11 +69,14 @@ SPCL_MELD = SPCL_IEMOCAP | {"batch_size": 32}
 class DialogueGCNConfig(ModelConfig):
     """DialogueGCN branch hyperparameters (one branch per modality)."""
 
-    hidden_size: int = Field(200, ge=1)            # SPCL hidden 200 (original D_g = 100ish)
+    hidden_size: int = Field(200, ge=1)            # SPCL hidden_dim 200 (g)
+    hidden2_size: int = Field(150, ge=1)           # SPCL hidden2_dim 150 (graph / classifier)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    context_encoder: Literal["gru", "transformer"] = "gru"   # paper GRU; SPCL copy: transformer
-    encoder_layers: int = Field(1, ge=1)
-    encoder_heads: int = Field(4, ge=1)            # transformer only
+    encoder: Literal["released", "light"] = "released"      # SPCL copy / lighter structure
+    context_encoder: Literal["gru", "transformer"] = "gru"   # light only: paper GRU / Transformer
+    encoder_layers: Optional[int] = Field(None, ge=1)      # None: 2 (released), 1 (light)
+    encoder_heads: Optional[int] = Field(None, ge=1)       # None: 1 (released trans_head), 4 (light)
+    encoder_ff: int = Field(RELEASED_FFN, ge=1)            # released encoders' FFN width
     window_past: int = Field(2, ge=-1)             # SPCL wp=2 (original 10); -1 = unbounded
     window_future: int = Field(2, ge=-1)           # SPCL wf=2 (original 10)
     num_bases: int = Field(30, ge=1)               # RGCNConv(num_bases=30), original and SPCL
@@ -96,15 +110,45 @@ class AttentiveRGCNConv(RGCNConv):
         return out + self.bias if self.bias is not None else out
 
 
+class ReleasedBranch(nn.Module):
+    """One modality's DialogueGCN as the SPCL copy (module docstring, steps 1-6)."""
+
+    def __init__(self, in_dim: int, cfg: DialogueGCNConfig, num_speakers: int, num_classes: int):
+        super().__init__()
+        g, h = cfg.hidden_size, cfg.hidden2_size
+        self.encoder = InputWidthTransformer(in_dim, g, cfg.encoder_layers or 2, cfg.dropout,
+                                             cfg.encoder_ff, cfg.encoder_heads or 1)   # SeqContext
+        self.num_speakers = max(num_speakers, 1)
+        self.edge_att = nn.Parameter(torch.empty(g, g).normal_(0.0, 2.0 / (g + g)))   # EdgeAtt
+        self.rgcn = RGCNConv(g, h, 2 * self.num_speakers ** 2, num_bases=cfg.num_bases)
+        self.gconv = GraphConv(h, h)
+        self.lin1 = nn.Linear(g + h, h)                              # Classifier
+        self.lin2 = nn.Linear(h, num_classes)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, batch: Batch, edge_index: torch.Tensor,
+                edge_type: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.encoder(x, batch.mask, batch.lengths)[batch.mask]    # [U, g]
+        src, dst = edge_index
+        # Eq. (1) as released: score_jk = (W g_k)^T g_j, softmax over the targets k of source j
+        score = ((g[dst] @ self.edge_att.T) * g[src]).sum(-1)
+        alpha = softmax(score, src, num_nodes=g.shape[0])
+        h = self.rgcn(g, edge_index, edge_type)                     # Eq. (2), mean aggregation
+        h = self.gconv(h, edge_index, alpha)                        # Eq. (3), attention weights
+        v = self.drop(torch.relu(self.lin1(torch.cat([g, h], -1))))  # Eq. (4)
+        return self.lin2(v), v                                      # Eq. (5) logits, [U, C]
+
+
 class DialogueGCNBranch(nn.Module):
-    """One modality's DialogueGCN: context encoder, edge attention, RGCN + GraphConv, classifier."""
+    """One modality's light DialogueGCN: context encoder, edge attention, RGCN + GraphConv,
+    classifier."""
 
     def __init__(self, in_dim: int, cfg: DialogueGCNConfig, num_speakers: int, num_classes: int):
         super().__init__()
         h = cfg.hidden_size
         kind = cfg.context_encoder
         self.encoder = SequenceEncoder(kind, in_dim, h // 2 if kind == "gru" else h, cfg.dropout,
-                                       cfg.encoder_layers, cfg.encoder_heads)
+                                       cfg.encoder_layers or 1, cfg.encoder_heads or 4)
         e = self.encoder.out_dim
         self.num_speakers = max(num_speakers, 1)
         R = 2 * self.num_speakers ** 2
@@ -116,7 +160,7 @@ class DialogueGCNBranch(nn.Module):
         self.out = nn.Linear(h, num_classes)
 
     def forward(self, x: torch.Tensor, batch: Batch, edge_index: torch.Tensor,
-                edge_type: torch.Tensor) -> torch.Tensor:
+                edge_type: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g = self.encoder(x, batch.mask, batch.lengths)[batch.mask]    # sequential context [U, e]
         src, dst = edge_index
         # Eq. (1): alpha_ij = softmax over i's window of g_i^T W_e g_j
@@ -125,7 +169,7 @@ class DialogueGCNBranch(nn.Module):
         h = self.rgcn(g, edge_index, edge_type, alpha)              # Eq. (2)
         h = self.gconv(h, edge_index)                               # Eq. (3)
         v = self.drop(torch.relu(self.fc(torch.cat([g, h], -1))))   # Eq. (4)
-        return self.out(v)                                          # Eq. (5) logits, [U, C]
+        return self.out(v), v                                       # Eq. (5) logits, [U, C]
 
 
 @register_model("dialoguegcn", DialogueGCNConfig,
@@ -140,18 +184,25 @@ class DialogueGCN(MercModel):
         if not meta.modalities:
             raise ValueError("DialogueGCN needs at least one modality")
         self.modalities = tuple(meta.modalities)
-        self.branches = nn.ModuleDict({m: DialogueGCNBranch(meta.dims[m], config, meta.num_speakers,
-                                                            meta.num_classes)
+        branch = ReleasedBranch if config.encoder == "released" else DialogueGCNBranch
+        self.branches = nn.ModuleDict({m: branch(meta.dims[m], config, meta.num_speakers,
+                                                 meta.num_classes)
                                        for m in self.modalities})
 
     def forward(self, batch: Batch) -> Output:
         cfg = self.config
         mask = batch.mask
-        edge_index = cached_window_edges(batch.lengths, cfg.window_past, cfg.window_future,
-                                         mask.device)
+        past, future = cfg.window_past, cfg.window_future
+        if cfg.encoder == "released":        # edges j -> [j - wp, j + wf]: k receives the mirror
+            past, future = future, past
+        edge_index = cached_window_edges(batch.lengths, past, future, mask.device)
         num_spk = self.branches[self.modalities[0]].num_speakers
         edge_type = speaker_relation_types(edge_index, batch.speakers[mask].clamp(0, num_spk - 1),
                                            num_spk)
-        z = {m: to_padded(self.branches[m](batch.features[m], batch, edge_index, edge_type), mask)
-             for m in self.modalities}                              # SPCL Eq. (1)
-        return late_fusion_output(z)                                # SPCL Eq. (2)
+        z, feats = {}, {}
+        for m in self.modalities:
+            logit, v = self.branches[m](batch.features[m], batch, edge_index, edge_type)
+            z[m], feats[f"features_{m}"] = to_padded(logit, mask), to_padded(v, mask)  # Eq. (1)
+        out = late_fusion_output(z)                                 # SPCL Eq. (2)
+        out.extras.update(feats)
+        return out

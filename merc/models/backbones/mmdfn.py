@@ -4,40 +4,44 @@ Hu et al., "MM-DFN: Multimodal Dynamic Fusion Network for Emotion Recognition in
 ICASSP 2022; used by SPCL (Nguyen et al., NCAA 2026, sec. 4.2, ``papers/spcl.md``) with
 per-modality heads giving z^m (SPCL Eq. (1)) summed into the joint logit (SPCL Eq. (2)).
 
-What: the same modality encoders and multimodal graph as MMGCN
-(:class:`merc.models.backbones.mmgcn.MultimodalGraphEncoder`: within-modality edges across the
-dialogue, cross-modal edges for the same utterance, angular weights, symmetric normalisation),
-followed by MM-DFN's *graph-based dynamic fusion* (GDF, MM-DFN sec. 2.3): every layer l
+What (``encoder="released"``, the default: the SPCL copy ``code/backbone/MM_DFN.py`` at its
+defaults, 35,759,898 parameters at a512/t768/v1024, hidden 200, 6 classes, pinned by
+``tests/test_backbones.py``): MMGCN's encoders, multimodal graph and ``GCNII_lyc`` stack
+(:class:`merc.models.backbones.mmgcn.MMGCN`, steps 1-4: input-width Transformer encoders, angular
+adjacency, GCNII ``variant``), giving per node g^m = [x^m ; H^m] (2 hidden), then MM-DFN's gated
+cross-modal fusion after the graph (``MMGatedAttention`` of the SPCL copy; MM-DFN sec. 2.3's
+"dynamic fusion" that keeps complementary and filters redundant information):
 
-* aggregates over the graph with GCNII's initial residual and identity mapping (as the GDF code,
-  built on MMGCN's GCNII): C^(l) = ((1 - a) P H^(l-1) + a H^(0)) ((1 - b_l) I + b_l W^(l));
-* filters it against the previous layer with gates (the "dynamic" part that discards redundant
-  and keeps complementary information across layers): a GRU-style update gate
-  u = sigma(W_u [C; H^(l-1)]), reset gate r = sigma(W_r [C; H^(l-1)]),
-  candidate H~ = tanh(W_c [C; r * H^(l-1)]), H^(l) = u * H^(l-1) + (1 - u) * H~
-  (one ``nn.GRUCell`` per layer with input C^(l) and hidden H^(l-1));
+* h^m = dropout(ReLU(W_m g^m + b_m))                                    (2 hidden -> hidden)
+* z^{mk} = sigma(W_{mk} [h^m ; h^k ; h^m * h^k] + b_{mk})                for every ordered m != k
+* o^m = sum_{k != m} z^{mk} * h^m + (1 - z^{mk}) * h^k                   (o^m = h^m with one modality)
 
-then a per-modality classifier on [encoder feature ; H^(L)].
+and per modality ``Linear(hidden, C)`` on o^m -> z^m.
 
-Choices / pitfalls as config values:
-* ``gcn_layers``: the SPCL copy passes ``encoder_nlayers`` (default 2); the MM-DFN scripts grid over
-  16 / 32. Default 2 (SPCL).
-* ``use_speaker``: as MMGCN, the SPCL copy never applies the speaker embedding (default False).
-* The gate's exact parameterisation in MM-DFN is a GRU-like cell over the layer axis; we use
-  ``nn.GRUCell`` (PyTorch's gate layout) rather than re-deriving the released weight layout.
+``encoder="light"`` keeps the lighter structure this project used before: MMGCN's light encoders
+and plain GCNII with a GRU-style gate across the graph layers (H^(l) = GRUCell(C^(l), H^(l-1)), one
+``nn.GRUCell`` per layer, the GDF gating of the MM-DFN paper) and MMGCN's heads on
+[encoder ; graph]; no cross-modal gated attention. ``encoder="mmgcn"``: the original's
+BiLSTM / Linear encoders with the released gated attention.
+
+Remaining differences from the release: as MMGCN (padding masked in the encoders, dense adjacency
+blocks); the gated attention's dropout is ``dropout`` (the release hard-codes 0.5, equal at the
+default); ``extras["features_<m>"]`` carries o^m (for the RNA plug-in).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field
 from torch import nn
+
 from merc.config import ModelConfig
-from merc.data.dataset import DatasetMeta
+from merc.data.dataset import Batch, DatasetMeta
+from merc.models.backbones._common import RELEASED_FFN
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
-from merc.models.backbones.mmgcn import MMGCN
-from merc.models.base import register_model
+from merc.models.backbones.mmgcn import MMGCN, split_heads
+from merc.models.base import Output, register_model
 
 
 class MMDFNConfig(ModelConfig):
@@ -45,21 +49,50 @@ class MMDFNConfig(ModelConfig):
 
     hidden_size: int = Field(200, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    encoder: Literal["transformer", "mmgcn"] = "transformer"   # SPCL copy / MMGCN-style original
-    encoder_layers: int = Field(1, ge=1)
-    encoder_heads: int = Field(4, ge=1)
+    encoder: Literal["released", "light", "mmgcn"] = "released"   # SPCL copy / lighter / original
+    encoder_layers: Optional[int] = Field(None, ge=1)   # None: 2 (released), 1 (light, mmgcn)
+    encoder_heads: Optional[int] = Field(None, ge=1)    # None: released rule (5..14) / 4 (light)
+    encoder_ff: int = Field(RELEASED_FFN, ge=1)         # released encoders' FFN width
     gcn_layers: int = Field(2, ge=1)          # SPCL: 2; MM-DFN scripts: 16 / 32
     gcn_alpha: float = Field(0.1, ge=0.0, le=1.0)
     gcn_lambda: float = Field(0.5, gt=0.0)
-    use_speaker: bool = False                 # SPCL copy: never applied
+    gcn_variant: Optional[bool] = None        # None: True (released, mmgcn), False (light)
+    use_speaker: bool = False                 # SPCL copy: created, never applied
     detach_adjacency: bool = False
 
     PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
 
+class MMGatedAttention(nn.Module):
+    """MM-DFN's post-graph gated cross-modal fusion (module docstring): [M, B, N, c] -> [M, B, N, h]."""
+
+    def __init__(self, in_dim: int, hidden: int, num_modalities: int, dropout: float):
+        super().__init__()
+        M = num_modalities
+        self.transform = nn.ModuleList(nn.Linear(in_dim, hidden) for _ in range(M))
+        self.cross = nn.ModuleDict({f"{i}{j}": nn.Linear(3 * hidden, hidden)
+                                    for i in range(M) for j in range(M) if i != j})
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        hx = [self.drop(torch.relu(t(g[i]))) for i, t in enumerate(self.transform)]
+        if len(hx) == 1:
+            return hx[0][None]
+        out = []
+        for i, hi in enumerate(hx):
+            acc = 0
+            for j, hj in enumerate(hx):
+                if i != j:
+                    z = torch.sigmoid(self.cross[f"{i}{j}"](torch.cat([hi, hj, hi * hj], -1)))
+                    acc = acc + z * hi + (1 - z) * hj
+            out.append(acc)
+        return torch.stack(out, 0)
+
+
 @register_model("mmdfn", MMDFNConfig, paper="Hu et al., ICASSP 2022 (as an SPCL late-fusion backbone)")
 class MMDFN(MMGCN):
-    """Late-fusion MM-DFN: MMGCN's graph and GCNII stack with gated filtering across layers."""
+    """Late-fusion MM-DFN: MMGCN's graph and GCNII stack, then gated cross-modal fusion (released)
+    or gated filtering across the graph layers (``light``)."""
 
     config: MMDFNConfig
     graph_name = "MM-DFN"
@@ -67,12 +100,29 @@ class MMDFN(MMGCN):
     def __init__(self, config: MMDFNConfig, meta: DatasetMeta):
         super().__init__(config, meta)
         h = config.hidden_size
-        self.gates = nn.ModuleList(nn.GRUCell(h, h) for _ in range(config.gcn_layers))
+        self.light = config.encoder == "light"
+        if self.light:
+            self.gates = nn.ModuleList(nn.GRUCell(h, h) for _ in range(config.gcn_layers))
+        else:
+            self.gated = MMGatedAttention(self.graph.dim + h, h, len(self.modalities),
+                                          config.dropout)
+
+    def build_heads(self, d: int, h: int, num_classes: int) -> nn.ModuleDict:
+        if self.config.encoder == "light":
+            return super().build_heads(d, h, num_classes)
+        return nn.ModuleDict({m: nn.Linear(h, num_classes) for m in self.modalities})  # uni_fc
 
     def propagate(self, h0: torch.Tensor, adj) -> torch.Tensor:
+        if not self.light:
+            return super().propagate(h0, adj)
         h = h0
         for conv, gate in zip(self.convs, self.gates):
             c = torch.relu(conv(self.drop(h), h0, adj))              # graph aggregation C^(l)
             # gated filtering across layers: GRUCell(input C^(l), hidden H^(l-1)) per node
             h = gate(c.reshape(-1, c.shape[-1]), h.reshape(-1, h.shape[-1])).view_as(c)
         return h
+
+    def fuse(self, out: torch.Tensor, batch: Batch) -> Output:
+        if self.light:
+            return super().fuse(out, batch)
+        return split_heads(self.gated(out), self.modalities, self.heads, batch.mask)

@@ -4,20 +4,31 @@ Hu et al., "MMGCN: Multimodal Fusion via Deep Graph Convolution Network for Emot
 Conversation", ACL 2021; used by SPCL (Nguyen et al., NCAA 2026, sec. 4.2, ``papers/spcl.md``) with
 per-modality classifier heads giving z^m (SPCL Eq. (1)) summed into the joint logit (SPCL Eq. (2)).
 
-What:
-1. per-modality encoders to ``hidden_size`` (``encoder="transformer"``: the SPCL copy's Transformer
-   encoder per modality; ``encoder="mmgcn"``: the original's BiLSTM for text and a Linear map for
-   audio / visual);
-2. optional speaker embedding added to the *text* nodes (MMGCN sec. 3.2, ``--use_speaker``);
+What (``encoder="released"``, the default: the SPCL copy ``code/backbone/MMGCN.py`` at its
+defaults, 34,801,698 parameters at a512/t768/v1024, hidden 200, 6 classes, pinned by
+``tests/test_backbones.py``):
+1. per-modality encoders: 2 Transformer encoder layers at the input width (FFN 2048, heads = the
+   first h in 5..14 dividing d) then ``Linear(d, hidden)`` (:class:`InputWidthTransformer`);
+   ``encoder="mmgcn"``: the original's BiLSTM for text and a Linear map for audio / visual;
+   ``encoder="light"``: the lighter structure this project used before (``Linear(d, hidden)`` then
+   one Transformer layer at ``hidden``, 4 heads, FFN 2 x hidden; plain GCNII);
+2. a speaker embedding (MMGCN sec. 3.2): the SPCL copy creates ``Embedding(S, hidden)`` and never
+   applies it - created here too (``encoder="released"``; it gets no gradient), applied to the text
+   nodes only with ``use_speaker=True`` (the original's ``--use_speaker``);
 3. one multimodal graph per batch (MMGCN sec. 3.3): node per (utterance, modality); within a
    modality every pair of utterances of the same dialogue is joined, across modalities only the
    nodes of the same utterance; edge weights A_ij = 1 - arccos(sim(n_i, n_j)) / pi (MMGCN Eq. (4),
    the cosine shrunk by 0.99999 as in the code) and symmetric normalisation
    P = D^{-1/2} A D^{-1/2} (MMGCN Eq. (5));
-4. a deep GCNII stack (MMGCN Eqs. (6)-(7), the update of PyG ``GCN2Conv``): H^(l+1) = ReLU(((1 - a) P H^(l) +
-   a H^(0)) ((1 - b_l) I + b_l W^(l))), a = 0.1, b_l = log(lambda / l + 1), lambda = 0.5, after a
-   Linear + ReLU input layer;
-5. per modality m a classifier on [encoder feature ; graph feature] of its nodes -> z^m.
+4. ``GCNII_lyc``: x = dropout(nodes), H^(0) = ReLU(W_0 x + b_0), then a GCNII stack (MMGCN Eqs.
+   (6)-(7)) H^(l+1) = ReLU(GCNII_l(dropout(H^(l)))), a = 0.1, lambda = 0.5, in GCNII's ``variant``
+   form (``gcn_variant``, default on except for ``light``), and the output [x ; dropout(H^(L))];
+5. per modality m a ``Linear(2 hidden, C)`` on its nodes -> z^m (SPCL Eq. (1)), summed (Eq. (2)).
+
+Remaining differences from the release: the encoders mask padding (the release attends over the
+zero rows of padded dialogues); the adjacency is built in dense per-dialogue blocks instead of one
+[MU, MU] matrix (same values, ``tests/test_backbones.py``); ``extras["features_<m>"]`` carries the
+head inputs (for the RNA plug-in).
 
 Speed: the graph is fully connected inside each dialogue (n^2 edges per modality), so instead of
 one PyG message per edge the adjacency is kept in dense per-dialogue blocks
@@ -27,25 +38,24 @@ weights as the edge-list builders ``multimodal_graph`` / ``angular_norm_weights`
 
 Pitfalls of the reference code turned into explicit config values:
 * Depth: the original builds ``MM_GCN`` with ``nlayers=64`` *hard-coded* (its ``--Deep_GCN_nlayers 4``
-  is ignored for graph_type MMGCN), while the SPCL copy passes ``encoder_nlayers`` (default 2).
-  ``gcn_layers`` defaults to SPCL's 2; set 64 for the original's depth.
-* Speaker embedding: the SPCL copy creates speaker embeddings but never applies them
-  (``use_speaker=False``, the default, reproduces that; the unused table is not created so every
-  parameter receives a gradient). ``use_speaker=True`` adds them to the text nodes as the original.
+  is ignored for graph_type MMGCN), while the SPCL copy passes ``encoder_nlayers`` (default 2) as
+  both the encoder and the GCN depth. ``gcn_layers`` / ``encoder_layers`` default to SPCL's 2
+  (``encoder_layers`` 1 for ``light`` / ``mmgcn``); set ``gcn_layers=64`` for the original's depth.
 * Edge-weight gradients: the original computes the similarities from the (trainable) encoder
   outputs without detaching, so gradients flow through the adjacency; kept (``detach_adjacency``
   switches it off).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 from pydantic import Field
 from torch import nn
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
-from merc.models.backbones._common import (DenseMultimodalAdjacency, GCNIILayer, SequenceEncoder,
+from merc.models.backbones._common import (RELEASED_FFN, DenseMultimodalAdjacency, GCNIILayer,
+                                           InputWidthTransformer, SequenceEncoder,
                                            late_fusion_output)
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
@@ -56,12 +66,14 @@ class MMGCNConfig(ModelConfig):
 
     hidden_size: int = Field(200, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    encoder: Literal["transformer", "mmgcn"] = "transformer"   # SPCL copy / original
-    encoder_layers: int = Field(1, ge=1)
-    encoder_heads: int = Field(4, ge=1)
+    encoder: Literal["released", "light", "mmgcn"] = "released"   # SPCL copy / lighter / original
+    encoder_layers: Optional[int] = Field(None, ge=1)   # None: 2 (released), 1 (light, mmgcn)
+    encoder_heads: Optional[int] = Field(None, ge=1)    # None: released rule (5..14) / 4 (light)
+    encoder_ff: int = Field(RELEASED_FFN, ge=1)         # released encoders' FFN width
     gcn_layers: int = Field(2, ge=1)          # SPCL: encoder_nlayers = 2; original: 64 hard-coded
     gcn_alpha: float = Field(0.1, ge=0.0, le=1.0)    # GCNII initial-residual weight (MMGCN 0.1)
     gcn_lambda: float = Field(0.5, gt=0.0)           # GCNII identity-mapping lambda (MMGCN 0.5)
+    gcn_variant: Optional[bool] = None        # None: True (released, mmgcn), False (light)
     use_speaker: bool = False                 # SPCL copy: created, never applied
     detach_adjacency: bool = False            # original: similarities carry gradients
 
@@ -78,21 +90,28 @@ class MultimodalGraphEncoder(nn.Module):
         self.modalities = tuple(meta.modalities)
         if not self.modalities:
             raise ValueError(f"{kind} needs at least one modality")
+        released = cfg.encoder == "released"
+        layers = cfg.encoder_layers or (2 if released else 1)
         self.encoders = nn.ModuleDict()
         for m in self.modalities:
-            if cfg.encoder == "transformer":
-                enc = SequenceEncoder("transformer", meta.dims[m], h, cfg.dropout,
-                                      cfg.encoder_layers, cfg.encoder_heads)
+            if released:
+                enc = InputWidthTransformer(meta.dims[m], h, layers, cfg.dropout, cfg.encoder_ff,
+                                            cfg.encoder_heads)
+            elif cfg.encoder == "light":
+                enc = SequenceEncoder("transformer", meta.dims[m], h, cfg.dropout, layers,
+                                      cfg.encoder_heads or 4)
             elif m == "text":     # original: text Linear + BiLSTM (2 x h/2 -> h)
-                enc = SequenceEncoder("lstm", meta.dims[m], h // 2, cfg.dropout, cfg.encoder_layers)
+                enc = SequenceEncoder("lstm", meta.dims[m], h // 2, cfg.dropout, layers)
             else:                 # original: audio / visual Linear only
                 enc = SequenceEncoder("linear", meta.dims[m], h, cfg.dropout)
             self.encoders[m] = enc
         self.dim = min(e.out_dim for e in self.encoders.values())
         self.align = nn.ModuleDict({m: nn.Linear(e.out_dim, self.dim)
                                     for m, e in self.encoders.items() if e.out_dim != self.dim})
+        # released: Embedding(S, hidden) created and never applied; use_speaker applies it
         self.speaker = (nn.Embedding(max(meta.num_speakers, 1), self.dim)
-                        if cfg.use_speaker and "text" in self.modalities else None)
+                        if released or (cfg.use_speaker and "text" in self.modalities) else None)
+        self.use_speaker = cfg.use_speaker and "text" in self.modalities
         self.detach_adjacency = cfg.detach_adjacency
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, DenseMultimodalAdjacency]:
@@ -103,7 +122,7 @@ class MultimodalGraphEncoder(nn.Module):
             x = self.encoders[m](batch.features[m], mask, batch.lengths)
             if m in self.align:
                 x = self.align[m](x)
-            if m == "text" and self.speaker is not None:
+            if m == "text" and self.use_speaker:
                 x = x + self.speaker(batch.speakers)               # MMGCN: speaker on text only
             rows.append(x * mask[..., None])
         nodes = torch.stack(rows, 0)
@@ -113,9 +132,12 @@ class MultimodalGraphEncoder(nn.Module):
 
 def split_heads(h: torch.Tensor, modalities: tuple[str, ...], heads: nn.ModuleDict,
                 mask: torch.Tensor) -> Output:
-    """Per-modality classifier heads on node features [M, B, N, c] -> late-fusion Output."""
+    """Per-modality classifier heads on node features [M, B, N, c] -> late-fusion Output (the
+    head inputs ride along as ``extras["features_<m>"]``)."""
     z = {m: heads[m](h[k]) * mask[..., None] for k, m in enumerate(modalities)}
-    return late_fusion_output(z)                                    # SPCL Eqs. (1)-(2)
+    out = late_fusion_output(z)                                     # SPCL Eqs. (1)-(2)
+    out.extras.update({f"features_{m}": h[k] for k, m in enumerate(modalities)})
+    return out
 
 
 @register_model("mmgcn", MMGCNConfig, paper="Hu et al., ACL 2021 (as an SPCL late-fusion backbone)")
@@ -131,18 +153,26 @@ class MMGCN(MercModel):
         self.graph = MultimodalGraphEncoder(meta, cfg, self.graph_name)
         d, h = self.graph.dim, cfg.hidden_size
         self.modalities = self.graph.modalities
+        variant = cfg.gcn_variant if cfg.gcn_variant is not None else cfg.encoder != "light"
         self.fc_in = nn.Linear(d, h)                                 # GCNII input layer
-        self.convs = nn.ModuleList(GCNIILayer(h, cfg.gcn_alpha, cfg.gcn_lambda, l + 1)
+        self.convs = nn.ModuleList(GCNIILayer(h, cfg.gcn_alpha, cfg.gcn_lambda, l + 1, variant)
                                    for l in range(cfg.gcn_layers))
         self.drop = nn.Dropout(cfg.dropout)
-        self.heads = nn.ModuleDict({m: nn.Linear(d + h, meta.num_classes)
-                                    for m in self.modalities})
+        self.heads = self.build_heads(d, h, meta.num_classes)
+
+    def build_heads(self, d: int, h: int, num_classes: int) -> nn.ModuleDict:
+        """MMGCN's per-modality ``uni_fc``: Linear([encoder ; graph] -> C)."""
+        return nn.ModuleDict({m: nn.Linear(d + h, num_classes) for m in self.modalities})
 
     def forward(self, batch: Batch) -> Output:
         nodes, adj = self.graph(batch)
-        h0 = torch.relu(self.fc_in(self.drop(nodes)))
-        h = self.propagate(h0, adj)
-        out = self.drop(torch.cat([nodes, h], -1))                   # [encoder ; graph] per node
+        x = self.drop(nodes)                                         # GCNII_lyc's input dropout
+        h = self.propagate(torch.relu(self.fc_in(x)), adj)
+        out = torch.cat([x, self.drop(h)], -1)                       # use_residue: [x ; H^(L)]
+        return self.fuse(out, batch)
+
+    def fuse(self, out: torch.Tensor, batch: Batch) -> Output:
+        """Per-modality heads on [encoder ; graph] node features [M, B, N, d + h]."""
         return split_heads(out, self.modalities, self.heads, batch.mask)
 
     def propagate(self, h0: torch.Tensor, adj) -> torch.Tensor:
