@@ -57,6 +57,8 @@ from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from merc.graphs import corect_graph, num_relations
 from merc.models.base import MercModel, Output, register_model
+from merc.models.corect_fused import (Bands, Packing, gt_banded, mha_packed, rgcn_banded,
+                                      text_encoder_packed)
 
 
 class CorectConfig(ModelConfig):
@@ -82,6 +84,13 @@ class CorectConfig(ModelConfig):
     use_multi_relations: bool = True                    # R_multi (cross-modal edges)
     use_temporal_relations: bool = True                 # R_temp (past / future edges)
     use_speaker: bool = True
+    # How the same network is computed (not a hyperparameter): "fused" = packed (padding-free)
+    # transformers and the banded RGCN / Graph Transformer of ``merc.models.corect_fused``, equal to
+    # "modules" (the nn / PyG modules on padded batches and the edge list) up to float rounding.
+    kernels: Literal["fused", "modules"] = "fused"
+    # bf16 autocast of the matmuls on CPU: faster on CPUs with AVX512-BF16 / AMX, changes numerics
+    # (off by default; see benchmarks/README.md for its validation w-F1 against fp32).
+    autocast_bf16: bool = False
 
     # Appendix A.3 + Fig. 4 (best [P, F] = [11, 9] on IEMOCAP-6; the official run_train.sh uses
     # wp=11 wf=5 with lr 2.5e-4 under its "reference" window rule). Batch = 10 dialogues, Adam.
@@ -139,6 +148,15 @@ class CrossModalLayer(nn.Module):
         # Eq. (13): FFN(x) = max(0, x Ω1 + b1) Ω2 + b2;  Eq. (12): Z_i = FFN(LN(Z̄)) + LN(Z̄)
         return self.drop(self.ff2(self.drop(F.relu(self.ff1(h))))) + h
 
+    def forward_packed(self, z: torch.Tensor, z0: Optional[torch.Tensor], pk: Packing,
+                       key_mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` on packed [U, d] inputs (``merc.models.corect_fused``), same eqs."""
+        q = self.ln_q(z)
+        kv = None if self.ln_kv is None else self.ln_kv(z0)
+        zbar = self.drop(mha_packed(self.attn, q, kv, pk, key_mask)) + q   # Eqs. (11)-(12)
+        h = self.ln_ff(zbar)
+        return self.drop(self.ff2(self.drop(F.relu(self.ff1(h))))) + h    # Eqs. (12)-(13)
+
 
 class PairwiseCrossModal(nn.Module):
     """P-CM (sec. 3.3): D cross-modal layers per ordered pair (source -> target), then per target
@@ -176,6 +194,23 @@ class PairwiseCrossModal(nn.Module):
                 z = layer(z, None, mask)
             outs.append(z)
         return torch.cat(outs, dim=-1)                      # [B, N, M(M-1)d]
+
+    def forward_packed(self, xs: list[torch.Tensor], key_masks: list[torch.Tensor],
+                       mask: torch.Tensor, pk: Packing) -> torch.Tensor:
+        """:meth:`forward` on packed [U, d] inputs; returns [U, M(M-1)d]."""
+        per_target: list[list[torch.Tensor]] = [[] for _ in xs]
+        for (s, t), name in zip(self.pairs, self.names):
+            z = xs[t]
+            for layer in self.cross[name]:
+                z = layer.forward_packed(z, xs[s], pk, key_masks[s])
+            per_target[t].append(z)
+        outs = []
+        for t, zs in enumerate(per_target):
+            z = torch.cat(zs, dim=-1)
+            for layer in self.mem[t]:
+                z = layer.forward_packed(z, None, pk, mask)
+            outs.append(z)
+        return torch.cat(outs, dim=-1)
 
 
 @register_model("corect", CorectConfig, paper="Nguyen et al., Findings of EMNLP 2023")
@@ -263,6 +298,11 @@ class Corect(MercModel):
                          cfg.use_temporal_relations, nodes.device)  # Eqs. (5)-(6)
         x = self.rgcn(nodes, g.edge_index, g.edge_type)          # Eq. (7)
         x = self.gt(x, g.edge_index)                             # Eqs. (8)-(9), C heads concat
+        x = self._norm_act(x)
+        U = g.num_utterances
+        return torch.cat([x[k * U:(k + 1) * U] for k in range(M)], dim=-1)  # Eq. (10): G^τ
+
+    def _norm_act(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and x.shape[0] == 1:
             # BatchNorm cannot estimate batch statistics from one node: use the running ones
             x = F.batch_norm(x, self.gt_norm.running_mean, self.gt_norm.running_var,
@@ -270,25 +310,68 @@ class Corect(MercModel):
                              self.gt_norm.eps)
         else:
             x = self.gt_norm(x)
-        x = F.leaky_relu(x)
-        U = g.num_utterances
-        return torch.cat([x[k * U:(k + 1) * U] for k in range(M)], dim=-1)  # Eq. (10): G^τ
+        return F.leaky_relu(x)
 
-    def forward(self, batch: Batch) -> Output:
-        cfg = self.config
+    def _forward_modules(self, batch: Batch) -> torch.Tensor:
+        """``kernels="modules"``: nn / PyG modules on padded batches and the edge list."""
         mask = batch.mask
         xs, key_masks = self._encode(batch)
         parts = []
-        if cfg.use_rtgcn:
+        if self.config.use_rtgcn:
             parts.append(self._rtgcn(xs, batch))                 # local context, [U, M*C*h]
         if self.pcm is not None:
             z = self.pcm(xs, key_masks, mask)                    # Eqs. (11)-(13), [B, N, M(M-1)h]
             parts.append(z[mask])
         if not parts:
             parts = [torch.cat([x[mask] for x in xs], dim=-1)]
-        hcat = torch.cat(parts, dim=-1)                          # Eq. (14): H = [G, Z]
-        v = self.drop(F.relu(self.fc(hcat)))                     # Eq. (15): ReLU(Φ0 h + b0)
-        flat = self.out(v)                                       # Eq. (16) logits; softmax in loss
+        return torch.cat(parts, dim=-1)                          # Eq. (14): H = [G, Z]
+
+    def _forward_fused(self, batch: Batch) -> torch.Tensor:
+        """``kernels="fused"``: the same equations on packed utterances (``corect_fused``)."""
+        cfg = self.config
+        mask = batch.mask
+        pk = Packing(mask)
+        spk = None
+        if self.speaker is not None:                             # Eqs. (3)-(4)
+            spk = cfg.speaker_ratio * self.speaker(pk.unpad(batch.speakers))
+        xs, key_masks = [], []
+        for k, m in enumerate(self.modalities):
+            present = batch.present[..., k] if batch.present is not None else None
+            km = _key_mask(mask, present)
+            key_masks.append(km)
+            x = pk.unpad(batch.features[m])                      # [U, d_m]
+            enc = self.encoders[m]
+            if m == "text":                                      # Eq. (1)
+                x = enc["out"](text_encoder_packed(enc["transformer"], x, pk, km))
+            else:
+                x = enc(x)                                       # Eq. (2)
+            xs.append(x if spk is None else x + spk)
+        parts = []
+        if cfg.use_rtgcn:
+            M, U = len(xs), pk.U
+            bands = Bands(batch.lengths, pk.N, cfg.window_past, cfg.window_future,
+                          cfg.window_semantics, cfg.use_temporal_relations)   # Eqs. (5)-(6)
+            x = torch.stack(xs)                                  # [M, U, h]
+            x = rgcn_banded(self.rgcn, x, pk, bands, cfg.use_multi_relations)       # Eq. (7)
+            x = gt_banded(self.gt, x, pk, bands, cfg.use_multi_relations)    # Eqs. (8)-(9)
+            x = self._norm_act(x.reshape(M * U, -1))
+            parts.append(x.view(M, U, -1).transpose(0, 1).reshape(U, -1))   # Eq. (10)
+        if self.pcm is not None:
+            parts.append(self.pcm.forward_packed(xs, key_masks, mask, pk))  # Eqs. (11)-(13)
+        if not parts:
+            parts = xs
+        return torch.cat(parts, dim=-1)                          # Eq. (14): H = [G, Z]
+
+    def forward(self, batch: Batch) -> Output:
+        cfg = self.config
+        mask = batch.mask
+        with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            if cfg.kernels == "fused":
+                hcat = self._forward_fused(batch)
+            else:
+                hcat = self._forward_modules(batch)
+            v = self.drop(F.relu(self.fc(hcat)))                 # Eq. (15): ReLU(Φ0 h + b0)
+            flat = self.out(v).float()                           # Eq. (16) logits; softmax in loss
         B, N = mask.shape
         logits = flat.new_zeros(B, N, flat.shape[-1])
         logits[mask] = flat                                      # Eq. (17): argmax by the caller
