@@ -162,7 +162,9 @@ class MercData:
                 f"{', '.join(absent)}, absent from this dataset (it has {have}: "
                 f"{dict(self.manifest.modalities)})")
         M = len(mods)
-        if not 0.0 <= missing_rate <= (M - 1) / M + 1e-9:
+        # 1e-3: the bound may be written to three decimals (0.667 for 2/3; the draw caps the
+        # count at U * (M-1) missing entries, one modality always kept)
+        if not 0.0 <= missing_rate <= (M - 1) / M + 1e-3:
             raise DatasetError(f"missing_rate={missing_rate} must lie in [0, (M-1)/M = "
                                f"{(M - 1) / M:.3f}] for {M} modalities (one is always kept)")
         self.modalities = tuple(m for m in self.manifest.modalities if m in mods)

@@ -58,6 +58,7 @@ Choices where the paper is silent or ambiguous (config keys in brackets):
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from itertools import combinations
 from typing import Literal, Optional, Union
@@ -184,6 +185,7 @@ class Micga(MercModel):
                 self.encoders[m] = nn.Linear(meta.dims[m], h)
                 self.widths.append(h)
         d = sum(self.widths)
+        self.offsets = [sum(self.widths[:k]) for k in range(len(self.widths) + 1)]
         S = max(meta.num_speakers, 1)
         self.speaker = nn.Embedding(S, S) if cfg.use_speaker else None       # Eq. (8)
         dbar = d + (S if cfg.use_speaker else 0)
@@ -207,12 +209,17 @@ class Micga(MercModel):
         self.out = nn.Linear(h, meta.num_classes)                            # Eq. (26): W_s
 
     # ---- IMR --------------------------------------------------------------------------------
-    def encode(self, features: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """Eqs. (1)-(6): X = [X^(a), X^(t), X^(v)], padded [B, N, d]."""
+    def encode(self, features: dict[str, torch.Tensor], batch: Batch,
+               present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Eqs. (1)-(6): X = [X^(a), X^(t), X^(v)], padded [B, N, d]. With ``present`` the inputs
+        of missing entries are zeroed first, so that no missing value reaches the BiLSTM's context
+        even if a batch carried one (the data layer zeroes them already)."""
         xs = []
-        for m in self.modalities:
+        for k, m in enumerate(self.modalities):
             enc = self.encoders[m]
             x = features[m]
+            if present is not None:
+                x = x * present[..., k:k + 1].to(x.dtype)
             xs.append(enc(x, batch.mask, batch.lengths) if m == "text" else enc(x))
         return torch.cat(xs, dim=-1)
 
@@ -233,10 +240,11 @@ class Micga(MercModel):
         return (1.0 - lam) * coarse + lam * x_in
 
     # ---- CGA-Net ------------------------------------------------------------------------------
-    def forward(self, batch: Batch) -> Output:
+    def feature_estimation(self, batch: Batch):
+        """IMR + FE: (X_spk^miss, X^FE, observed-entry mask, edge_index), node rows [U, d-bar]
+        in flat batch order."""
         cfg, mask = self.config, batch.mask
-        B, N = mask.shape
-        x = self.encode(batch.features, batch)
+        x = self.encode(batch.features, batch, batch.present)
         m_col = self.entry_mask(batch)
         x_miss = x * m_col                                                   # Eq. (7)
         if self.speaker is not None:
@@ -252,9 +260,14 @@ class Micga(MercModel):
             z = F.relu(conv(z, edge_index))                                  # f_phi on A~
         coarse = self.fe_dec(z)                                              # Eq. (10): g_theta
         if cfg.fe_blend == "missing":     # observed entries keep their values
-            observed = m_col[mask] > 0
-            coarse = torch.where(observed, nodes, coarse)
+            coarse = torch.where(m_col[mask] > 0, nodes, coarse)
         x_fe = self.smooth(coarse, nodes)                                    # Eqs. (11)-(12)
+        return nodes, x_fe, m_col[mask] > 0, edge_index
+
+    def forward(self, batch: Batch) -> Output:
+        cfg, mask = self.config, batch.mask
+        B, N = mask.shape
+        _, x_fe, _, edge_index = self.feature_estimation(batch)
         if self.mulgat is not None:
             g = x_fe
             for layer in self.mulgat:                                        # Eqs. (13)-(18)
@@ -265,9 +278,7 @@ class Micga(MercModel):
         if self.pairs:
             fe_pad = x_fe.new_zeros(B, N, self.dbar)
             fe_pad[mask] = x_fe
-            offs = [0]
-            for w in self.widths:
-                offs.append(offs[-1] + w)
+            offs = self.offsets
             xm = [fe_pad[..., offs[k]:offs[k + 1]] for k in range(len(self.widths))]
             for a, b in self.pairs:                                          # Eqs. (22)-(24)
                 na, nb = self.modalities[a], self.modalities[b]
@@ -303,11 +314,11 @@ class Micga(MercModel):
             per_entry = (x_fe - target) ** 2                                 # Eq. (29)
         else:
             p = cfg.kl_sparsity                                              # Eq. (30), p-hat =
-            per_entry = (p * torch.log(torch.tensor(p)) + (1 - p) * torch.log(torch.tensor(1 - p))
-                         - p * F.logsigmoid(x_fe) - (1 - p) * F.logsigmoid(-x_fe))  # sigmoid(X^FE)
-        total, off = x_fe.new_zeros(()), 0
-        for k, w in enumerate(self.widths):
+            per_entry = (p * math.log(p) + (1 - p) * math.log(1 - p)         # sigmoid(X^FE)
+                         - p * F.logsigmoid(x_fe) - (1 - p) * F.logsigmoid(-x_fe))
+        total = x_fe.new_zeros(())
+        for k, w in enumerate(self.widths):     # GCNet: per modality / its width, / utterances
             miss = missing[:, k].to(per_entry.dtype)
-            total = total + (per_entry[:, off:off + w].sum(-1) * miss).sum() / w
-            off += w
+            cols = per_entry[:, self.offsets[k]:self.offsets[k + 1]]
+            total = total + (cols.sum(-1) * miss).sum() / w
         return total / mask.sum().clamp(min=1)
