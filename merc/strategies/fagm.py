@@ -139,8 +139,8 @@ class FAGM(BalanceStrategy):
                 self.pen[mod] = feature_penalty(delta, self.iscore, c.fagm_beta)
 
     def after_backward(self, epoch, model, output, batch) -> None:
-        self.check_model(model)
         mlog = self.modality_logits(output)
+        self.check_model(model)
         if not self.active(epoch):
             return
         mods = tuple(mlog)

@@ -76,8 +76,8 @@ class OGMGE(BalanceStrategy):
         self.gen.manual_seed(int(train.seed) + 7919)
 
     def after_backward(self, epoch, model, output, batch) -> None:
-        self.check_model(model)
         mlog = self.modality_logits(output)
+        self.check_model(model)
         if not self.active(epoch):
             return
         if self.parts is None:
