@@ -48,15 +48,24 @@ def test_repo_spcl_spec_valid():
         "spcl_epsilon=0.4,spcl_alpha=1.2"] == 67.92
     # one reference per backbone x modality subset: the plain backbone (Delta_Base)
     bb = spec.studies["backbones"]
-    assert len(bb.points) == 32 and len(bb.reference_labels) == 16
+    assert len(bb.points) == 96 and len(bb.reference_labels) == 16        # 4 x 4 x 6
     assert bb.reference_of("model=mmgcn,modalities=AT,strategy=spcl") == \
         "model=mmgcn,modalities=AT,strategy=none"
+    assert bb.reference_of("model=biddin,modalities=AV,strategy=fagm") == \
+        "model=biddin,modalities=AV,strategy=none"
     assert bb.paper["iemocap6"]["model=dialoguegcn,modalities=ATV,strategy=spcl"] == 66.99
+    assert bb.paper["iemocap6"]["model=mmgcn,modalities=AV,strategy=fagm"] == 54.14   # Table 3
+    assert bb.paper["meld"]["model=biddin,modalities=TV,strategy=opm"] == 56.25      # Table 4
+    assert len(bb.paper["iemocap6"]) == len(bb.paper["meld"]) == 96
     for name in ("pacing_params", "pacing", "regularizer", "difficulty", "backbones"):
         assert "spcl_expanding_rate" in spec.studies[name].curves
         assert "spcl_ratio_" in spec.studies[name].curves
     q = load_spec(SPEC, quick=True)
-    assert {len(st.points) for st in q.studies.values()} == {4}
+    assert {len(st.points) for n, st in q.studies.items() if n != "backbones"} == {4}
+    # the quick Tables 3-4: every plug-in on every backbone (all three modalities)
+    assert {p.label for p in q.studies["backbones"].points} == {
+        f"model={m},strategy={s}" for m in ("dialoguegcn", "biddin", "mmgcn", "mmdfn")
+        for s in ("none", "rna", "ogm_ge", "opm", "fagm", "spcl")}
     assert q.studies["pacing"].reference_of("model=mmdfn,spcl_pacing=cosine") == \
         "model=mmdfn,spcl_pacing=exponential"
 
@@ -75,7 +84,8 @@ def test_spcl_spec_errors(tmp_path, case):
         "bad_value": ({"spcl_pacing: [exponential, cosine, moving_average, competence]":
                        "spcl_pacing: [exponential, linear_ramp]"},
                       "studies.pacing.axes.spcl_pacing[1]", "invalid value 'linear_ramp'"),
-        "inactive": ({"    axes: {model: [mmgcn, dialoguegcn], strategy: [none, spcl]}":
+        "inactive": ({"    axes: {model: [dialoguegcn, biddin, mmgcn, mmdfn], strategy: [none, rna, "
+                      "ogm_ge, opm, fagm, spcl]}":
                       "    points: {base: {strategy: none, spcl_alpha: 1.2}}"},
                      "studies.backbones.quick.points.base",
                      "'spcl_alpha' is not used by model 'mmgcn' with strategy 'none'"),
