@@ -76,7 +76,7 @@ def test_amw_eq8_against_naive_loop(tiny):
         for j, m in enumerate(tiny.meta.modalities):
             enc = model.encoders[m]
             keep = model._keys(batch)[..., j]
-            z = enc["out"](enc["transformer"](batch.features[m], src_key_padding_mask=~keep))[0]
+            z = enc["out"](enc["transformer"](batch.features[m], src_key_padding_mask=~keep))[0].detach()
             Wm = W[:, j * H:(j + 1) * H]
             for n in range(int(batch.lengths[0])):
                 zn = z[n] / math.sqrt(sum(float(v) ** 2 for v in z[n]))
@@ -342,10 +342,13 @@ def test_strategy_refuses_models_without_what_it_needs(tiny):
     with pytest.raises(TypeError, match="ada2i_score=output"):
         s.after_backward(0, torch.nn.Linear(1, 1), Output(logits=z["audio"], modality_logits=z),
                          batch)
-    s = Ada2IStrategy(Ada2IStrategyConfig(ada2i_start_epoch=1, ada2i_score="output"))
+    s = Ada2IStrategy(Ada2IStrategyConfig(ada2i_score="output"))   # before the start epoch too
     with pytest.raises(TypeError, match="modality_parameters"):
         s.after_backward(0, torch.nn.Linear(1, 1), Output(logits=z["audio"], modality_logits=z),
                          batch)
+    s = Ada2IStrategy(Ada2IStrategyConfig(ada2i_score="output", ada2i_modulate=False))
+    s.after_backward(0, torch.nn.Linear(1, 1), Output(logits=z["audio"], modality_logits=z), batch)
+    assert s.epoch_end(0)["ada2i_ratio_audio"] == 1.0              # measuring needs no encoders
 
 
 # ---- training ------------------------------------------------------------------------------

@@ -112,11 +112,12 @@ class Ada2IStrategy(Strategy):
     def after_backward(self, epoch: int, model: torch.nn.Module, output, batch: Batch) -> None:
         scores, ratios = discrepancy(self._logits(output), batch.labels)
         coeff = {m: 1.0 for m in ratios}
+        get = getattr(model, "modality_parameters", None)
+        if get is None and self.config.ada2i_modulate:       # refuse on the first batch
+            raise TypeError("strategy 'ada2i' modulates each modality's encoder: the model "
+                            "must define modality_parameters() -> {modality: [parameters]} "
+                            "(or set ada2i_modulate=false to only measure the ratios)")
         if self.active(epoch):
-            get = getattr(model, "modality_parameters", None)
-            if get is None:
-                raise TypeError("strategy 'ada2i' modulates each modality's encoder: the model "
-                                "must define modality_parameters() -> {modality: [parameters]}")
             params = get()
             coeff = modulation_coefficients(ratios, self.config.ada2i_alpha)
             for m, k in coeff.items():
