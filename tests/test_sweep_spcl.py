@@ -64,7 +64,8 @@ def test_repo_spcl_spec_valid():
     assert {len(st.points) for n, st in q.studies.items() if n != "backbones"} == {4}
     # the quick Tables 3-4: every plug-in on every backbone (all three modalities)
     assert {p.label for p in q.studies["backbones"].points} == {
-        f"model={m},strategy={s}" for m in ("dialoguegcn", "biddin", "mmgcn", "mmdfn")
+        f"model={m},modalities=ATV,strategy={s}" for m in ("dialoguegcn", "biddin", "mmgcn",
+                                                           "mmdfn")
         for s in ("none", "rna", "ogm_ge", "opm", "fagm", "spcl")}
     assert q.studies["pacing"].reference_of("model=mmdfn,spcl_pacing=cosine") == \
         "model=mmdfn,spcl_pacing=exponential"
@@ -84,8 +85,8 @@ def test_spcl_spec_errors(tmp_path, case):
         "bad_value": ({"spcl_pacing: [exponential, cosine, moving_average, competence]":
                        "spcl_pacing: [exponential, linear_ramp]"},
                       "studies.pacing.axes.spcl_pacing[1]", "invalid value 'linear_ramp'"),
-        "inactive": ({"    axes: {model: [dialoguegcn, biddin, mmgcn, mmdfn], strategy: [none, rna, "
-                      "ogm_ge, opm, fagm, spcl]}":
+        "inactive": ({"    axes: {model: [dialoguegcn, biddin, mmgcn, mmdfn], modalities: [ATV],\n"
+                      "             strategy: [none, rna, ogm_ge, opm, fagm, spcl]}":
                       "    points: {base: {strategy: none, spcl_alpha: 1.2}}"},
                      "studies.backbones.quick.points.base",
                      "'spcl_alpha' is not used by model 'mmgcn' with strategy 'none'"),
