@@ -163,16 +163,31 @@ class DagLayer(nn.Module):
     def forward(self, H: torch.Tensor, adj: torch.Tensor, same: torch.Tensor,
                 lo: list[int]) -> torch.Tensor:
         B, N, h = H.shape
+        c, p = self.grus_c, self.grus_p
         w_q, w_k = self.linear.weight[0, :h], self.linear.weight[0, h:]
-        q_score = H @ w_q + self.linear.bias                    # query half of eq. (3): [B, N]
+        # everything that depends on H^{l-1} only is computed for all nodes at once: the query
+        # half of eq. (3), GRU_H's input gates and GRU_M's hidden gates (H^{l-1} is GRU_H's input
+        # and GRU_M's hidden state)
+        q_score = (H @ w_q + self.linear.bias).unbind(1)        # [B] per node
+        xs = H.unbind(1)
+        gi_c = F.linear(H, c.weight_ih, c.bias_ih).unbind(1)     # [B, 3h] per node
+        gh_p = F.linear(H, p.weight_hh, p.bias_hh).unbind(1)
+        # what depends on M_i: GRU_H's hidden gates and GRU_M's input gates, one matmul per node
+        w_m = torch.cat([c.weight_hh, p.weight_ih])
+        b_m = torch.cat([c.bias_hh, p.bias_ih])
+        # what each new state sends on: W_0 H_j, W_1 H_j (eq. 4) and the key half of eq. (3)
+        w_out = torch.cat([self.Wr0.weight] + ([self.Wr1.weight] if self.Wr1 is not None else [])
+                          + [w_k[None]])
         states, k_score, v_same, v_other = [], [], [], []
+        zero = H.new_zeros(B, h)
         for i in range(N):
-            if i == 0 or lo[i] >= i:
-                M = H.new_zeros(B, h)                           # no predecessor: M = 0 (released)
+            a = lo[i]
+            if a >= i:
+                M = zero                                        # no predecessor: M = 0 (released)
             else:
-                a, sl = lo[i], slice(lo[i], i)
+                sl = slice(a, i)
                 # Eq. (3): a_ij = softmax_{j in N_i}(W_alpha [H_j^l || H_i^{l-1}])
-                e = q_score[:, i:i + 1] + torch.stack(k_score[a:i], 1)
+                e = q_score[i][:, None] + torch.stack(k_score[a:i], 1)
                 e = e.masked_fill(~adj[:, i, sl], float("-inf"))
                 has = adj[:, i, sl].any(1, keepdim=True)
                 alpha = torch.where(has, torch.softmax(e.masked_fill(~has, 0.0), 1),
@@ -184,15 +199,27 @@ class DagLayer(nn.Module):
                     s = same[:, i, sl].to(H.dtype)
                     M = torch.einsum("bj,bjd->bd", alpha * s, torch.stack(v_same[a:i], 1)) + \
                         torch.einsum("bj,bjd->bd", alpha * (1 - s), torch.stack(v_other[a:i], 1))
-            x = H[:, i]
-            C = self.grus_c(x, M)                               # Eq. (5): GRU_H(H_i^{l-1}, M_i)
-            P = self.grus_p(M, x)                               # Eq. (6): GRU_M(M_i, H_i^{l-1})
+            gh_c, gi_p = F.linear(M, w_m, b_m).split(3 * h, dim=1)
+            C = _gru_gates(gi_c[i], gh_c, M)                    # Eq. (5): GRU_H(H_i^{l-1}, M_i)
+            P = _gru_gates(gi_p, gh_p[i], xs[i])                # Eq. (6): GRU_M(M_i, H_i^{l-1})
             out = C + P                                         # summand of eq. (7)
             states.append(out)
-            k_score.append(out @ w_k)                           # key half of eq. (3)
-            v_same.append(self.Wr0(out))
-            v_other.append(self.Wr1(out) if self.Wr1 is not None else None)
+            sent = F.linear(out, w_out)
+            v_same.append(sent[:, :h])
+            v_other.append(sent[:, h:2 * h] if self.Wr1 is not None else None)
+            k_score.append(sent[:, -1])                         # key half of eq. (3)
         return torch.stack(states, 1)
+
+
+def _gru_gates(gi: torch.Tensor, gh: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """nn.GRUCell from its pre-computed input gates ``gi`` = W_ih x + b_ih and hidden gates
+    ``gh`` = W_hh h + b_hh (PyTorch's r, z, n layout): h' = (1 - z) n + z h."""
+    i_r, i_z, i_n = gi.chunk(3, 1)
+    h_r, h_z, h_n = gh.chunk(3, 1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (hidden - n)
 
 
 @register_model("multidag", MultiDAGConfig,
