@@ -268,6 +268,16 @@ def test_bucket_cl_trains_other_models(tiny_dir):
         assert [h["cl_fraction"] for h in res.history] == [0.5, 1.0], name
 
 
+def test_same_seed_same_metrics(tiny_dir):
+    data = MercData(tiny_dir, "ATV")
+    flat = {**SMALL, "epochs": 2, "threads": 1, "strategy": "bucket_cl", "cl_buckets": 3}
+    runs = [fit("multidag", data, *resolve_config("multidag", flat | {"seed": s}))
+            for s in (3, 3, 4)]
+    losses = [[h["train_loss"] for h in r.history] for r in runs]
+    assert losses[0] == losses[1] and losses[0] != losses[2]
+    assert [h["val_wf1"] for h in runs[0].history] == [h["val_wf1"] for h in runs[1].history]
+
+
 def test_multidag_beats_majority_clearly(small_dir):
     data = MercData(small_dir, "ATV")
     train, cfg = resolve_config("multidag", {"hidden_size": 32, "dag_layers": 2, "epochs": 5,

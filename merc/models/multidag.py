@@ -40,8 +40,10 @@ Choices, each noted at the code too:
   earlier same-speaker turn receives from every earlier utterance (released). No self loops.
 * Attention masking uses -inf instead of the released ``- 1e30`` (identical weights in float32).
   Computation is reorganised, not changed: the scoring Linear(2h, 1) is split into its query and
-  key halves and ``Wr0``/``Wr1`` are applied once per node instead of once per (node, step), and
-  each step only looks at the span of positions that holds predecessors in the batch.
+  key halves, ``Wr0``/``Wr1`` are applied once per node instead of once per (node, step), the GRU
+  gates that depend on H^{l-1} only are computed for all nodes in one matmul (the GRUCell modules
+  keep their parameters; :func:`_gru_gates` is their update), and each step only looks at the
+  span of positions that holds predecessors in the batch.
   tests/test_multidag.py checks the outputs against a literal re-implementation of the released
   loop.
 * Missing modalities (``batch.present``): their features are zeros (the batch contract); the
