@@ -149,14 +149,16 @@ class ActivationRecorder:
         if x is not None:
             self.acts.setdefault(mod, []).append(x.detach())
 
-    def run(self, model: nn.Module, batch: Batch):
-        """Forward ``batch`` in eval mode (grad enabled, so PyTorch's fused Transformer fast path,
-        which skips submodule hooks, stays off); returns (output, {module: [inputs]})."""
+    def run(self, model: nn.Module, batch: Batch, grad: bool = True):
+        """Forward ``batch`` in eval mode; returns (output, {module: [inputs]}). With ``grad`` (the
+        probe of :func:`partition`) autograd stays on so that PyTorch's fused Transformer fast
+        path, which skips the hooks of a layer's submodules, is off; without it (FAGM's per-step
+        estimate, which needs the shared modules' inputs only) the pass is cheaper."""
         handles = [m.register_forward_hook(self._hook) for m in self.modules]
         was = model.training
         model.eval()
         try:
-            with torch.enable_grad():
+            with torch.set_grad_enabled(grad):
                 out = model(batch)
         finally:
             model.train(was)

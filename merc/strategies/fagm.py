@@ -117,11 +117,11 @@ class FAGM(BalanceStrategy):
     def _estimate(self, model, batch, mods: tuple[str, ...]) -> None:
         c = self.config
         rec = ActivationRecorder(model)
-        out, full = rec.run(model, batch)                              # step 1: L
+        out, full = rec.run(model, batch, grad=False)                  # step 1: L
         loss_all = self._loss(out, batch)
         drops, losses = [], []
         for m in mods:
-            o, acts = rec.run(model, without(batch, {m}))              # L_{-m}
+            o, acts = rec.run(model, without(batch, {m}), grad=False)  # L_{-m}
             losses.append(self._loss(o, batch))
             drops.append(acts)
         scores = torch.stack(losses) - loss_all
