@@ -71,12 +71,15 @@ def test_amw_eq8_against_naive_loop(tiny):
     batch = tiny["valid"].batch([0])
     for norm in ("feature", "class"):
         model = _model(tiny, use_afw=False, amw_weight_norm=norm).eval()
-        out = model(batch)
+        with torch.no_grad():
+            out = model(batch)
         W, b, H, M = model.fc.weight.detach(), model.fc.bias.detach(), 8, 3
         for j, m in enumerate(tiny.meta.modalities):
             enc = model.encoders[m]
             keep = model._keys(batch)[..., j]
-            z = enc["out"](enc["transformer"](batch.features[m], src_key_padding_mask=~keep))[0].detach()
+            with torch.no_grad():
+                z = enc["out"](enc["transformer"](batch.features[m],
+                                                  src_key_padding_mask=~keep))[0]
             Wm = W[:, j * H:(j + 1) * H]
             for n in range(int(batch.lengths[0])):
                 zn = z[n] / math.sqrt(sum(float(v) ** 2 for v in z[n]))
@@ -152,9 +155,9 @@ def test_afw_layer_against_naive_loop():
                 want = att * zs[j][b, n] + 0.3 * zs[j][b, n]
                 assert torch.allclose(outs[j][b, n], want, atol=1e-5)
                 if mask[b, n]:
-                    l1 += float((layer.mapping[j](zs[j][b, n]) - want).abs().sum())
+                    l1 += float((layer.mapping[j](zs[j][b, n]) - want).abs().sum().detach())
                     count += H
-    assert float(loss) == pytest.approx(l1 / count, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(l1 / count, rel=1e-5)
 
 
 def test_masked_mean():
@@ -261,7 +264,7 @@ def _naive_ratios(logits: dict, labels: torch.Tensor) -> dict:
                 y = int(labels[b, n])
                 if y == -100:
                     continue
-                e = [math.exp(float(v)) for v in z[b, n]]
+                e = [math.exp(float(v)) for v in z[b, n].detach()]
                 s += e[y] / sum(e)                                       # Eq. (16)
         scores[m] = s
     low = min(scores.values())

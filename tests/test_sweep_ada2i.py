@@ -100,7 +100,8 @@ def test_rank_quick(ray_local, tmp_path, monkeypatch):
         assert sorted(m.step for m in hist) == [1, 2, 3, 4] and all(m.value >= 1 for m in hist)
     assert {r.data.params["tensor_rank"] for r in children} == {"2", "11"}
     pid = parents[0].info.run_id
-    arts = {a.path for a in c.list_artifacts(pid)} | {a.path for a in c.list_artifacts(pid, "plots")}
+    arts = {a.path for a in c.list_artifacts(pid)}
+    arts |= {a.path for a in c.list_artifacts(pid, "plots")}
     assert {"rank_table.md", "rank_table.csv", "rank_curves.csv", "plots/rank_errorbars.png",
             "plots/rank_curve_ada2i_ratio.png"} <= arts, arts
     md = Path(c.download_artifacts(pid, "rank_table.md", str(tmp_path))).read_text()

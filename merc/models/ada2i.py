@@ -112,7 +112,8 @@ def khatri_rao(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return u.unsqueeze(-1) * v.unsqueeze(-2)
 
 
-def tensor_ring_contract(cores: list[torch.Tensor], pooled: list[torch.Tensor]) -> list[torch.Tensor]:
+def tensor_ring_contract(cores: list[torch.Tensor], pooled: list[torch.Tensor]
+                         ) -> list[torch.Tensor]:
     """Eq. (6) contraction: for modality j, Theta^j [B, N, r, r] times A^(l) [B, r, r] for every
     other modality l, in modality order (the mode-(3,1) contractions; released order)."""
     out = []
@@ -141,7 +142,8 @@ class AFWLayer(nn.Module):
         def maps(out: int, inp: int = hidden) -> nn.ModuleList:
             return nn.ModuleList(nn.Linear(inp, out) for _ in range(M))
 
-        self.q1, self.q2, self.k1, self.k2 = maps(r), maps(r), maps(r), maps(r)  # Eq. (5) W^(1), W^(2)
+        # Eq. (5): W_Q^(1), W_Q^(2), W_K^(1), W_K^(2) of every modality
+        self.q1, self.q2, self.k1, self.k2 = maps(r), maps(r), maps(r), maps(r)
         self.lin_att = maps(hidden, r * r)                   # Eq. (6) Linear
         self.mapping = maps(hidden)                          # Eq. (11) Phi_m
         self.drop = nn.Dropout(cfg.dropout)

@@ -97,7 +97,7 @@ class Ada2IStrategy(Strategy):
             return {m: z.detach() for m, z in mlog.items()}
         missing = [m for m in mlog if f"linear_logits_{m}" not in output.extras]
         if missing:
-            raise TypeError(f"ada2i_score='linear' reads Output.extras['linear_logits_<modality>'], "
+            raise TypeError(f"ada2i_score='linear' reads Output.extras['linear_logits_<m>'], "
                             f"which this model does not give for {missing}; set "
                             f"ada2i_score=output to score its modality_logits")
         return {m: output.extras[f"linear_logits_{m}"].detach() for m in mlog}
