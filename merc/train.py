@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pydantic import SerializeAsAny
+from pydantic import Field, SerializeAsAny, field_validator
 
 from merc.config import ConfigError, ModelConfig, StrictConfig, build_config, route_flat
 from merc.data.dataset import Batch, DialogueSplit, MercData
@@ -34,8 +34,8 @@ class TrainConfig(StrictConfig):
     lr: float = 3e-4
     weight_decay: float = 0.0
     optimizer: Literal["adam", "adamw"] = "adam"
-    epochs: int = 50
-    batch_size: int = 10
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(10, ge=1)
     clip_grad_norm: Optional[float] = None
     scheduler: Literal["none", "plateau", "cosine"] = "none"
     early_stopping: int = 0          # patience in epochs on val w-F1; 0 = off
@@ -48,6 +48,18 @@ class TrainConfig(StrictConfig):
     missing_redraw: bool = False     # redraw the train mask per batch (GCNet) instead of fixed
     strategy: str = "none"           # a registered training strategy (merc.strategies)
     strategy_config: Optional[SerializeAsAny[StrictConfig]] = None  # its typed keys, routed flat
+
+    @field_validator("modalities")
+    @classmethod
+    def _modalities(cls, v: str) -> str:
+        """A subset of A, T, V (``XYZ`` is refused here, not when the data is opened)."""
+        from merc.data.transforms import SUBSETS
+        key = "".join(sorted(set(v.upper()), key="ATV".index)) if set(v.upper()) <= set("ATV") \
+            else None
+        if not v or key not in SUBSETS or len(key) != len(v):
+            raise ValueError(f"expected one of {', '.join(SUBSETS)} (letters of audio, text, "
+                             f"visual)")
+        return v
 
 
 @dataclass

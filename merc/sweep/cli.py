@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _err(msg: str) -> None:
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {' '.join(str(msg).split())}", file=sys.stderr)   # always one line
 
 
 def _seeds(text: str) -> list[int]:
@@ -108,8 +108,12 @@ def _exit_code_of(call) -> tuple[int, object]:
 
 
 def _run(opts) -> int:
-    from merc.sweep.runner import run_sweep
-    code, outcome = _exit_code_of(lambda: run_sweep(opts))
+    from merc.sweep.runner import EXIT_INTERRUPTED, run_sweep
+    try:
+        code, outcome = _exit_code_of(lambda: run_sweep(opts))
+    except KeyboardInterrupt:   # outside Tune's own SIGINT handling (start-up, reporting)
+        _err("interrupted (the parent run is marked FAILED; resume with --resume)")
+        return EXIT_INTERRUPTED
     return outcome.exit_code if outcome is not None else code
 
 

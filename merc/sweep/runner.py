@@ -159,6 +159,41 @@ def resolve_dataset(spec: SweepSpec, opts: SweepOptions) -> tuple[str, Path]:
 def _label(ds: str) -> str:
     return ds.replace("synthetic:", "syn-").replace(":", "-").rstrip("/").split("/")[-1]
 
+def check_options(o: SweepOptions) -> None:
+    """Numeric command-line options in range (before the spec, the data and Ray): one
+    SpecError (exit 2) naming the option, what it must be and what was given."""
+    bounds = [("--epochs", o.epochs, 1), ("--num-samples", o.num_samples, 1),
+              ("--retries", o.retries, 0), ("--max-concurrent", o.max_concurrent, 0),
+              ("--confirm-top", o.confirm_top, 0), ("--confirm-seeds", o.confirm_seeds, 0),
+              ("--num-cpus", o.num_cpus, 1), ("--checkpoint-interval", o.checkpoint_interval, 0),
+              ("--gpus-per-trial", o.gpus_per_trial, 0)]
+    for flag, value, low in bounds:
+        if value is not None and not value >= low:
+            raise SpecError(f"{flag}: expected a number >= {low}, found {value}")
+    if not o.cpus_per_trial > 0:
+        raise SpecError(f"--cpus-per-trial: expected a number > 0, found {o.cpus_per_trial}")
+    if o.seeds is not None and not o.seeds:
+        raise SpecError("--seeds: expected at least one seed, found none")
+
+
+def reserve_name(storage: str, name: str) -> str:
+    """A fresh sweep's name, unique under a local ``storage``: its directory is created with
+    ``mkdir`` (atomic), and a name taken by a sweep started in the same second gets ``-2``,
+    ``-3``, ... (so two drivers never share a Ray experiment, an Optuna db or a parent run)."""
+    if is_remote(storage):
+        return name
+    root = Path(storage)
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(1, 1000):
+        cand = name if k == 1 else f"{name}-{k}"
+        try:
+            (root / cand).mkdir()
+            return cand
+        except FileExistsError:
+            continue
+    raise SpecError(f"--storage {storage}: 999 sweeps named {name}-*; pass --name")
+
+
 
 def full_flat(model: str, flat: dict, family: str, source: str) -> dict:
     """Every TrainConfig + model + strategy key, validated (the trial's complete, explicit,
@@ -215,6 +250,7 @@ class _Sweep:
         self.spec = spec = load_spec(o.spec, quick=o.quick)
         if o.study:
             self.study = check_study_name(spec, o.study)
+        check_options(o)
             self.kind = o.study
         else:
             if spec.search is None:
@@ -252,7 +288,7 @@ class _Sweep:
         elif o.resume:
             self.name = self._latest(prefix)
         else:
-            self.name = f"{prefix}-{stamp}"
+            self.name = reserve_name(storage, f"{prefix}-{stamp}")
         self.experiment = o.experiment or f"{spec.name}-{self.kind}"
         self.tracking_uri = o.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
             __import__("merc.sweep.tracking", fromlist=["x"]).default_tracking_uri()
@@ -267,7 +303,8 @@ class _Sweep:
         if is_remote(self.storage):
             raise SpecError("--resume with remote --storage needs --name (the sweep's name)")
         cands = sorted(p.name for p in Path(self.storage).glob(prefix + "-2*") if p.is_dir()
-                       and not p.name.endswith("-confirm"))
+                       and not p.name.endswith("-confirm")
+                       and any(p.iterdir()))   # (an empty one: reserved, never started)
         if not cands:
             raise SpecError(f"--resume: no sweep named {prefix}-<date> under {self.storage}; "
                             f"pass --name")
@@ -707,8 +744,51 @@ class _Sweep:
 
 
 def run_sweep(opts: SweepOptions) -> SweepOutcome:
-    """Run (or resume) one sweep; raises SpecError (exit 2) / TrackingError (exit 3) early."""
-    return _Sweep(opts).run()
+    """Run (or resume) one sweep; raises SpecError (exit 2) / TrackingError (exit 3) early.
+
+    The parent run never stays RUNNING after the driver returns or raises (including Ctrl-C and
+    SIGTERM): it ends FAILED with ``merc.status`` interrupted | failed and ``merc.reason``;
+    ``--resume`` sets it RUNNING again."""
+    import signal
+    import threading
+    sweep = _Sweep(opts)
+    prev = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        def _term(signum, frame):
+            raise SystemExit(128 + signum)
+        prev = signal.signal(signal.SIGTERM, _term)
+    try:
+        out = sweep.run()
+    except BaseException as err:  # noqa: BLE001 - recorded, then re-raised unchanged
+        kind = "interrupted" if isinstance(err, (KeyboardInterrupt, SystemExit)) else "failed"
+        text = " ".join(str(err).split())[:500]
+        _close_parent(sweep, kind, f"{type(err).__name__}: {text}" if text
+                      else type(err).__name__)
+        raise
+    finally:
+        if prev is not None:
+            signal.signal(signal.SIGTERM, prev)
+    if out.exit_code == EXIT_INTERRUPTED:
+        _close_parent(sweep, "interrupted", f"interrupted; resume with --resume --name "
+                                            f"{out.name}")
+    return out
+
+
+def _close_parent(sweep: "_Sweep", status: str, reason: str) -> None:
+    """Mark the sweep's parent run FAILED with the reason (best effort: never raises)."""
+    rid = getattr(sweep, "parent_id", None)
+    client = getattr(sweep, "client", None)
+    if not rid or client is None:
+        return
+    try:
+        if client.get_run(rid).info.status != "RUNNING":
+            return
+        client.set_tag(rid, "merc.status", status)
+        client.set_tag(rid, "merc.reason", reason[:5000])
+        client.set_terminated(rid, "FAILED")
+    except Exception as err:  # noqa: BLE001 - the tracking store may be what failed
+        log.warning("could not mark parent run %s FAILED: %s", rid, err)
 
 
 def options_from(**kw) -> SweepOptions:

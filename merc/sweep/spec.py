@@ -825,6 +825,10 @@ def load_spec(path: str | Path, quick: bool = False) -> SweepSpec:
     if not isinstance(metric, str) or not metric.startswith(METRICS_PREFIXES):
         raise ctx.err("metric", f"expected a validation metric name such as 'val_wf1', found "
                                 f"{metric!r}")
+    if metric.startswith("test_"):   # selection on test would leak the test split
+        raise ctx.err("metric", f"{metric!r} is a test metric; trials are selected on validation "
+                                f"by design (test is reported at the selected epoch): use "
+                                f"{'val_' + metric[5:]!r}")
     spec.metric = metric
     mode = raw.get("mode", "max")
     if mode not in ("max", "min"):

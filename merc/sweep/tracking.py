@@ -72,6 +72,24 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
         path = Path(uri[len("sqlite:///"):])
         if not path.parent.is_dir():
             raise TrackingError(f"--mlflow-uri {uri}: directory {path.parent} does not exist")
+        init_sqlite_store(uri)
+
+
+def init_sqlite_store(uri: str) -> None:
+    """Create / migrate a sqlite store under an exclusive lock on ``<db>.lock``: two sweeps
+    started at once on a new ``mlflow.db`` otherwise both run the schema migration and one dies
+    (``duplicate column name``). Once the store exists this costs one lock and one query."""
+    import fcntl
+    path = Path(uri[len("sqlite:///"):])
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)   # creates and migrates
+        except Exception as err:
+            raise TrackingError(f"--mlflow-uri {uri}: cannot open the sqlite store "
+                                f"({' '.join(str(err).split())[:300]})") from None
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _check_api(uri: str) -> None:
