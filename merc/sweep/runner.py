@@ -247,10 +247,10 @@ class _Sweep:
         o = self.o
         if bool(o.study) == bool(o.search):
             raise SpecError(f"{o.spec}: choose exactly one of --study NAME or --search")
+        check_options(o)
         self.spec = spec = load_spec(o.spec, quick=o.quick)
         if o.study:
             self.study = check_study_name(spec, o.study)
-        check_options(o)
             self.kind = o.study
         else:
             if spec.search is None:
