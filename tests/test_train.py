@@ -24,9 +24,9 @@ def test_selection_is_on_validation_and_test_reported_at_that_epoch(tiny_dir):
     res, *_ = _run(tiny_dir, epochs=4, lr=3e-3)
     assert res.status == "completed" and len(res.history) == 4
     best = max(range(4), key=lambda e: (res.history[e]["val_wf1"], -e))
-    assert res.best_epoch == best
+    assert res.best_epoch == best + 1          # 1-based
     assert res.best["test_wf1"] == res.history[best]["test_wf1"]
-    assert res.history[-1]["sel_epoch"] == best
+    assert res.history[-1]["sel_epoch"] == best + 1
 
 
 def test_same_seed_same_metrics_different_seed_differs(tiny_dir):

@@ -6,8 +6,10 @@ experiment unless ``--sweep``): if the sweep re-ran its top-K configurations wit
 grouped by ``merc.config_hash`` (config without the seed) and ranked by the seed mean of the
 selected validation metric. Within the winning group the run with the best validation value is
 the *champion*: its checkpoint (``model/model.pt``: :func:`merc.train.save_model` - a state dict +
-JSON config, never a pickled module) is registered as an MLflow model version (a plain
-artifact-based version, ``create_model_version(source=runs:/<id>/model)``) under the alias, and
+JSON config, never a pickled module) is saved as an MLflow ``pyfunc`` model from code
+(:mod:`merc.sweep.pyfunc_model`; artifact ``pyfunc/`` of the champion run) and registered as a
+model version under the alias, so ``mlflow.pyfunc.load_model("models:/merc-<model>@champion")``
+predicts on a batch of dialogues; and
 ``best.yaml`` gets its exact flat config (seed and thread count included) in the ``fixed`` schema
 of the search-space files, so ``merc train --config best.yaml`` reproduces its validation w-F1.
 """
@@ -44,6 +46,24 @@ def _stats(x) -> dict:
     m = sum(x) / len(x)
     sd = (sum((v - m) ** 2 for v in x) / (len(x) - 1)) ** 0.5 if len(x) > 1 else 0.0
     return {"mean": round(m, 4), "std": round(sd, 4), "n": len(x)}
+
+
+PYFUNC_PATH = "pyfunc"
+
+
+def save_pyfunc(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """An MLflow pyfunc model directory for a :func:`merc.train.save_model` checkpoint: the model
+    is the code file :mod:`merc.sweep.pyfunc_model` (models from code, nothing pickled), the
+    checkpoint its one artifact."""
+    import mlflow.pyfunc
+    import merc.sweep.pyfunc_model as code
+    from importlib.metadata import version
+    reqs = [f"torch=={version('torch').split('+')[0]}",
+            f"torch_geometric=={version('torch_geometric')}", f"mlflow=={version('mlflow')}",
+            f"merc-sweeps=={version('merc-sweeps')}"]
+    mlflow.pyfunc.save_model(str(path), python_model=code.__file__,
+                             artifacts={"checkpoint": str(checkpoint)}, pip_requirements=reqs)
+    return Path(path)
 
 
 def export_best(experiment: str, *, metric: str = "val_wf1", alias: str = "champion",
@@ -97,6 +117,8 @@ def export_best(experiment: str, *, metric: str = "val_wf1", alias: str = "champ
         except Exception as err:
             raise SpecError(f"champion run {rid}: no model/model.pt artifact ({err})") from None
         ck = torch.load(local, map_location="cpu", weights_only=True)
+        pyfunc_dir = save_pyfunc(local, Path(d) / "pyfunc")
+        client.log_artifacts(rid, str(pyfunc_dir), PYFUNC_PATH)
     cfg = json.loads(ck["config"])
     flat = dict(cfg["flat"])
     model = ck["model"]
@@ -108,10 +130,12 @@ def export_best(experiment: str, *, metric: str = "val_wf1", alias: str = "champ
     except MlflowException:
         pass
     mv = client.create_model_version(
-        name, source=f"{client.get_run(rid).info.artifact_uri}/model", run_id=rid,
+        name, source=f"{client.get_run(rid).info.artifact_uri}/{PYFUNC_PATH}", run_id=rid,
         tags={"merc.sweep_id": ptags.get("merc.sweep_id", ""), "merc.metric": metric,
               "merc.seed_mean": f"{g.iloc[0]['mean']:.4f}",
-              "merc.format": "merc.train.save_model (state dict + JSON config)"},
+              "merc.format": "mlflow pyfunc (models from code: merc.sweep.pyfunc_model) over "
+                             "artifacts/model.pt (merc.train.save_model: state dict + JSON "
+                             "config)"},
         description=f"best of sweep {ptags.get('merc.sweep_id')} by seed-mean {sel}")
     client.set_registered_model_alias(name, alias, mv.version)
     best = {
@@ -166,4 +190,4 @@ def reproduce(best_yaml: str) -> dict:
     train, mcfg = resolve_config(model, flat, data.meta.family, source=best_yaml)
     data = MercData(root, train.modalities, train.missing_rate, train.seed, train.missing_redraw)
     res = fit(model, data, train, mcfg)
-    return res.best | {"sel_epoch": res.best_epoch}
+    return res.best | {"sel_epoch": res.best_epoch}   # 1-based

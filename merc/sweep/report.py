@@ -112,9 +112,39 @@ def study_table(df: pd.DataFrame, study, family: str, metric: str = "wf1") -> pd
     return pd.DataFrame(rows)
 
 
+def majority_baseline(data_root) -> dict[str, Any]:
+    """w-F1 of always predicting the train split's most frequent class, on valid and test: the
+    floor a study's cells must clear to mean anything."""
+    from merc.data.format import read_manifest, read_split
+    from merc.metrics import majority_wf1
+    man = read_manifest(data_root)
+    tr = read_split(data_root, "train", man).labels
+    out: dict[str, Any] = {"label": man.label_names[int(np.bincount(tr[tr >= 0]).argmax())]}
+    for split, key in (("valid", "val"), ("test", "test")):
+        if split in man.splits:
+            out[key] = majority_wf1(tr, read_split(data_root, split, man).labels)
+    return out
+
+
+def data_description(manifest, dataset: str = "") -> str:
+    """How a table / plot names its data: synthetic data say so (never mistaken for the paper's)."""
+    prov = manifest.provenance or {}
+    if prov.get("generator") == "merc.data.synthetic":
+        return (f"synthetic {manifest.family.upper().replace('IEMOCAP', 'IEMOCAP-')}-shaped data "
+                f"(preset {prov.get('preset', '?')}, seed {prov.get('seed', 0)}; shape only, not "
+                f"the paper's data)")
+    return f"{manifest.name} ({dataset or manifest.family})"
+
+
+def md_cell(v: Any) -> str:
+    """A value made safe for one Markdown table cell (``|`` and newlines would shift columns)."""
+    return fmt_value(v).replace("|", "\\|").replace("\n", " ")
+
+
 def table_markdown(tab: pd.DataFrame, study, family: str, counts: dict[str, int],
-                   metric: str = "w-F1") -> str:
-    lines = [f"### {study.title}", "",
+                   metric: str = "w-F1", baseline: Optional[dict] = None,
+                   data: str = "") -> str:
+    lines = [f"### {study.title}" + (f" — on {data}" if data else ""), "",
              f"Dataset family `{family}`; test {metric} at the validation-selected epoch, mean ± "
              f"std over seeds {study.seeds} (paired across points); Δ = paired difference to the "
              + (f"reference `{study.reference or '-'}`" if not getattr(study, "ref_of", None)
@@ -127,8 +157,12 @@ def table_markdown(tab: pd.DataFrame, study, family: str, counts: dict[str, int]
         d = "-" if math.isnan(r.delta_vs_ref) else f"{r.delta_vs_ref:+.2f}"
         p = "-" if (r.p_paired_t is None or math.isnan(r.p_paired_t)) else f"{r.p_paired_t:.3f}"
         name = f"**{r.point}**" if r.is_reference else str(r.point)
-        lines.append(f"| {name} | {r.n} | {_pm(r.val_mean, r.val_std)} | "
+        lines.append(f"| {md_cell(name)} | {r.n} | {_pm(r.val_mean, r.val_std)} | "
                      f"{_pm(r.test_mean, r.test_std)} | {paper} | {d} | {p} | {r.verdict} |")
+    if baseline:
+        v, t = baseline.get("val", math.nan), baseline.get("test", math.nan)
+        lines.append(f"| *majority class ({md_cell(baseline.get('label', '?'))})* | - | "
+                     f"{v:.2f} | {t:.2f} | - | - | - | floor |")
     lines.append("")
     lines.append(f"Trials: {counts.get('completed', 0)} full-budget, {counts.get('pruned', 0)} "
                  f"pruned (excluded), {counts.get('errored', 0)} errored (excluded).")
@@ -137,9 +171,13 @@ def table_markdown(tab: pd.DataFrame, study, family: str, counts: dict[str, int]
     return "\n".join(lines) + "\n"
 
 
-def plot_study(tab: pd.DataFrame, study, out_dir: Path) -> list[Path]:
+def plot_study(tab: pd.DataFrame, study, out_dir: Path, data: str = "",
+               baseline: Optional[dict] = None) -> list[Path]:
     """Heatmap for 2-D studies (rows = first axis, cols = second: P x F like Fig. 4); lines with
-    error bars for 1-D axes; error bars over named points."""
+    error bars for 1-D axes; error bars over named points. ``data`` (what the data are) goes
+    under the title; ``baseline`` (majority w-F1) is a dashed line / a colourbar mark."""
+    title = study.title + (f"\n{data}" if data else "")
+    floor = (baseline or {}).get("test")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,8 +200,12 @@ def plot_study(tab: pd.DataFrame, study, out_dir: Path) -> list[Path]:
                 if not np.isnan(grid[i, j]):
                     ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", fontsize=7,
                             color="w")
-        fig.colorbar(im, ax=ax, label="test w-F1 (mean over seeds)")
-        ax.set_title(study.title, fontsize=9)
+        cb = fig.colorbar(im, ax=ax, label="test w-F1 (mean over seeds)")
+        if floor is not None and np.nanmin(grid) <= floor <= np.nanmax(grid):
+            cb.ax.axhline(floor, color="r", lw=1.5)
+        if floor is not None:
+            ax.set_xlabel(f"{kb}    (majority-class test w-F1: {floor:.1f})")
+        ax.set_title(title, fontsize=8)
         fig.tight_layout()
         p = out_dir / f"{study.name}_heatmap.png"
         fig.savefig(p, dpi=120)
@@ -178,10 +220,12 @@ def plot_study(tab: pd.DataFrame, study, out_dir: Path) -> list[Path]:
                     alpha=0.6, label="val (mean ± std)")
         if tab.paper.notna().any():
             ax.plot(x, tab.paper, "k*", markersize=10, label="paper")
+        if floor is not None:
+            ax.axhline(floor, color="r", ls=":", lw=1, label="majority class (test)")
         ax.set_xticks(x, [str(v) for v in tab.point], rotation=20, ha="right")
         ax.set_ylabel("w-F1 (%)")
         ax.set_xlabel(next(iter(study.axes)) if study.axes else "configuration")
-        ax.set_title(study.title, fontsize=9)
+        ax.set_title(title, fontsize=8)
         ax.legend(fontsize=7)
         fig.tight_layout()
         p = out_dir / f"{study.name}_errorbars.png"
@@ -358,9 +402,9 @@ def plot_search(storage_url: str, study_name: str, out_dir: Path,
 def to_markdown(df: pd.DataFrame) -> str:
     """A GitHub table without the optional ``tabulate`` dependency."""
     cols = [str(c) for c in df.columns]
-    out = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    out = ["| " + " | ".join(md_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     for _, r in df.iterrows():
-        out.append("| " + " | ".join(fmt_value(v) for v in r.values) + " |")
+        out.append("| " + " | ".join(md_cell(v) for v in r.values) + " |")
     return "\n".join(out)
 
 
