@@ -216,7 +216,7 @@ def _fit_job(model: str, seed: int, epochs: int, root: str) -> dict[str, Any]:
     b = res.best
     return {
         "model": model, "seed": seed, "epochs": epochs, "status": res.status,
-        "reason": res.reason, "best_epoch": res.best_epoch + 1,  # 1-based
+        "reason": res.reason, "best_epoch": res.best_epoch,  # 1-based
         "val_wf1": b.get("val_wf1"), "test_wf1": b.get("test_wf1"),
         "test_acc": b.get("test_acc"), "test_mf1": b.get("test_mf1"),
         "test_per_class_f1": {k[8:]: v for k, v in b.items() if k.startswith("test_f1_")},

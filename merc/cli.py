@@ -91,7 +91,7 @@ def cmd_train(args) -> int:
               f"{train_cfg.modalities} epochs={train_cfg.epochs} seed={train_cfg.seed}", flush=True)
     res = fit(model, data, train_cfg, model_cfg, log=log)
     summary = {"model": model, "data": str(root), "status": res.status, "reason": res.reason,
-               "params": res.num_params, "selected_epoch": res.best_epoch + 1,
+               "params": res.num_params, "selected_epoch": res.best_epoch,
                "val_wf1": res.best.get("val_wf1"), "val_acc": res.best.get("val_acc"),
                "test_wf1": res.best.get("test_wf1"), "test_acc": res.best.get("test_acc"),
                "median_epoch_s": statistics.median(res.epoch_times) if res.epoch_times else None}
@@ -103,7 +103,7 @@ def cmd_train(args) -> int:
     else:
         print(f"status: {res.status}{' (' + res.reason + ')' if res.reason else ''}")
         if res.best:
-            print(f"selected epoch {res.best_epoch + 1} (by val w-F1) | val w-F1 "
+            print(f"selected epoch {res.best_epoch} (by val w-F1) | val w-F1 "
                   f"{res.best['val_wf1']:.2f} acc {res.best['val_acc']:.2f} | test w-F1 "
                   f"{res.best['test_wf1']:.2f} acc {res.best['test_acc']:.2f} | params "
                   f"{res.num_params:,} | median epoch {summary['median_epoch_s']:.2f}s")

@@ -67,7 +67,7 @@ class FitResult:
     status: str                      # completed | early_stopped | diverged
     reason: str
     history: list[dict[str, float]]
-    best_epoch: int
+    best_epoch: int                  # 1-based like every epoch a user sees (0: none selected)
     best: dict[str, float]
     best_state: Optional[dict[str, torch.Tensor]]
     num_params: int
@@ -157,7 +157,7 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
               if train.class_weights else None)
     gen = torch.Generator().manual_seed(train.seed)
     history: list[dict[str, float]] = []
-    best_epoch, best, best_state, bad_epochs, start = -1, {}, None, 0, 0
+    best_epoch, best, best_state, bad_epochs, start = 0, {}, None, 0, 0
     if resume is not None:
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
@@ -192,7 +192,7 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
                 loss = loss + out.aux_loss
             if not torch.isfinite(loss):
                 status = "diverged"
-                reason = f"non-finite training loss ({float(loss.detach())}) at epoch {epoch} batch {b}"
+                reason = f"non-finite training loss ({float(loss.detach())}) at epoch {epoch + 1} batch {b}"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,11 +218,11 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
         metrics |= {f"val_{k}": v for k, v in val.items()} | {f"test_{k}": v for k, v in test.items()}
         metrics |= strategy.epoch_end(epoch)
         if not math.isfinite(val["loss"]):
-            status, reason = "diverged", f"non-finite validation loss at epoch {epoch}"
+            status, reason = "diverged", f"non-finite validation loss at epoch {epoch + 1}"
             history.append(metrics)
             break
         if val["wf1"] > best.get("val_wf1", -1.0):
-            best_epoch, bad_epochs = epoch, 0
+            best_epoch, bad_epochs = epoch + 1, 0        # 1-based, as MLflow steps and logs
             best = {k: v for k, v in metrics.items() if k.startswith(("val_", "test_"))}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:

@@ -499,6 +499,9 @@ class _Sweep:
 
     def run_stage(self, name: str, stage: str, configs: Optional[list[dict]] = None):
         from ray import tune
+        # CheckpointConfig(num_to_keep=1) forces an experiment snapshot per trial checkpoint, by
+        # design (one checkpoint on disk per trial); Ray warns about it each time unless this is 0
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         path = self.path(name)
         if self.o.resume and self._can_restore(path):
             self.p(f"[merc] resuming {path}")
@@ -535,11 +538,14 @@ class _Sweep:
         self.artifacts.append(f"{sub + '/' if sub else ''}{path.name}")
 
     def finish_study(self, out: Path) -> str:
-        from merc.sweep.report import plot_study, state_counts, study_table, table_markdown
+        from merc.sweep.report import (data_description, majority_baseline, plot_study,
+                                       state_counts, study_table, table_markdown)
         df = self.child_frame(self.name)
         counts = state_counts(df)
         tab = study_table(df, self.study, self.family)
-        md = table_markdown(tab, self.study, self.family, counts)
+        floor, what = majority_baseline(self.data_root), data_description(self.manifest,
+                                                                           self.dataset)
+        md = table_markdown(tab, self.study, self.family, counts, baseline=floor, data=what)
         curves_note = self.study_curves(df, out) if self.study.curves else ""
         md += curves_note
         df.to_csv(out / "results.csv", index=False)
@@ -547,7 +553,7 @@ class _Sweep:
         (out / f"{self.study.name}_table.md").write_text(md)
         for f in ("results.csv", f"{self.study.name}_table.csv", f"{self.study.name}_table.md"):
             self.log_art(out / f)
-        for p in plot_study(tab, self.study, out / "plots"):
+        for p in plot_study(tab, self.study, out / "plots", data=what, baseline=floor):
             self.log_art(p, "plots")
         self.counts = counts
         self.trials_s = float(df["trial_time_s"].fillna(0).sum()) if "trial_time_s" in df else 0.0
@@ -691,6 +697,12 @@ class _Sweep:
                f"({self.data_root}), {self.epochs} epochs, storage {self.path()}")
         self.p(f"[merc] MLflow {self.tracking_uri} experiment {self.experiment!r} parent run "
                f"{self.parent_id}")
+        from merc.sweep.tracking import compare_note, prepare_experiment, runs_view_url
+        metric, mode = self.spec.metric, self.spec.mode
+        self.view_url = runs_view_url(self.tracking_uri, self.exp_id, self.name, metric, mode)
+        prepare_experiment(self.client, self.exp_id, compare_note(
+            [], metric, runs_view_url(self.tracking_uri, self.exp_id, "", metric, mode)))
+        self.p(f"[merc] runs table (MLflow UI): {self.view_url}")
         configs = self.study_configs() if self.study else None
         _, trials, interrupted = self.run_stage(self.name, self.kind if self.study else "search",
                                                 configs)
@@ -723,7 +735,8 @@ class _Sweep:
             Metric("trials_pruned", c.get("pruned", 0), ts, 0),
             Metric("trials_errored", c.get("errored", 0), ts, 0)],
             tags=[RunTag("merc.status", "finished"),
-                  RunTag("mlflow.note.content", md[:60000])] +
+                  RunTag("mlflow.note.content", (compare_note(
+                      getattr(self, "varied", []), metric, self.view_url) + "\n" + md)[:60000])] +
                  ([RunTag("merc.champion", json.dumps(champion))] if champion else []))
         self.client.set_terminated(self.parent_id, "FINISHED")
         self.p("")
@@ -732,9 +745,11 @@ class _Sweep:
         self.p(f"[merc] artifacts on parent run {self.parent_id}: {', '.join(self.artifacts)}")
         self.p(f"[merc] local copies: {out}")
         if self.tracking_uri.startswith("sqlite:"):
-            self.p(f"[merc] look: mlflow ui --backend-store-uri {self.tracking_uri}")
-        else:
-            self.p(f"[merc] look: {self.tracking_uri}")
+            self.p(f"[merc] look: mlflow ui --backend-store-uri {self.tracking_uri}   then open")
+        self.p(f"[merc] runs table: {self.view_url}")
+        self.p(f"[merc] pruned trials and intermediate values: optuna-dashboard "
+               f"{self.optuna_url}" if not self.study else
+               f"[merc] heatmap / error bars: the parent run's artifacts, plots/")
         outcome.counts, outcome.table_md = c, md
         outcome.artifacts, outcome.wall_s, outcome.trials_s = self.artifacts, wall, self.trials_s
         outcome.champion = champion

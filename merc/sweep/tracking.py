@@ -111,6 +111,59 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+UI_DEFAULT = "http://127.0.0.1:5000"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """Where the MLflow UI of a store is: the server itself, or ``mlflow ui``'s default."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return UI_DEFAULT
+
+
+def runs_view_url(tracking_uri: str, experiment_id: str, sweep_id: str = "",
+                  metric: str = "val_wf1", mode: str = "max", view: str = "TABLE") -> str:
+    """A link that opens the experiment's classic runs view in MLflow 3 (which otherwise opens
+    an experiment in its GenAI mode): ``#/experiments/<id>/runs`` with ``workflowType=
+    machine_learning`` and ``compareRunsMode=TABLE`` (or ``CHART``: parallel coordinates,
+    contour, ...), filtered to the sweep's runs and sorted by the selected objective. These
+    are the view settings the UI takes from a URL; the shown columns live in the browser."""
+    from urllib.parse import urlencode
+    q = {"workflowType": "machine_learning", "compareRunsMode": view}
+    if sweep_id:
+        q["searchFilter"] = f"tags.`merc.sweep_id` = '{sweep_id}'"
+    q["orderByKey"] = f"metrics.`sel_{metric}`"
+    q["orderByAsc"] = "true" if mode == "min" else "false"
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs?{urlencode(q)}"
+
+
+def compare_note(varied: list[str], metric: str, url: str) -> str:
+    """How to compare this sweep's trials (the parent run's note and the experiment's)."""
+    cols = ", ".join(f"`params.{k}`" for k in varied) or "(none varied)"
+    return (f"**Compare the trials.** Runs table: {url} (sorted by `sel_{metric}`, the "
+            f"validation-selected objective; pruned trials are named `{PRUNED_PREFIX.strip()} "
+            f"...` with status KILLED and carry no `sel_*`). Columns to show: {cols}, "
+            f"`metrics.sel_{metric}`, `metrics.sel_{metric.replace('val_', 'test_')}`, "
+            f"`metrics.sel_epoch`. Charts (`compareRunsMode=CHART`): add a parallel-coordinates "
+            f"chart over those params with `sel_{metric}` as the metric; select runs and "
+            f"press *Compare* for contour and scatter plots.\n")
+
+
+def prepare_experiment(client: MlflowClient, experiment_id: str, note: str) -> None:
+    """Open the experiment in MLflow 3's classic (machine learning) mode rather than GenAI
+    (experiment tag ``mlflow.experimentKind``) and describe it (``mlflow.note.content``), unless
+    a user set either already."""
+    try:
+        tags = client.get_experiment(experiment_id).tags
+        if "mlflow.experimentKind" not in tags:
+            client.set_experiment_tag(experiment_id, "mlflow.experimentKind",
+                                      "custom_model_development")
+        if "mlflow.note.content" not in tags:
+            client.set_experiment_tag(experiment_id, "mlflow.note.content", note)
+    except Exception as err:  # cosmetic: never stop a sweep for it
+        log.warning("experiment %s: could not set its view tags: %s", experiment_id, err)
+
+
 def find_runs(client: MlflowClient, experiment_id: str, filter_string: str,
               max_results: int = 5000) -> list:
     runs, token = [], None
@@ -135,6 +188,55 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+#: short names of swept keys in run names (MLflow's runs table cuts names at ~20 characters)
+SHORT_KEYS = {"window_past": "P", "window_future": "F", "spcl_epsilon": "ε", "spcl_alpha": "α",
+              "missing_rate": "ρ", "learning_rate": "lr", "hidden_size": "h", "dropout": "drop",
+              "modalities": "", "model": "", "strategy": "", "seed": "s"}
+PRUNED_PREFIX = "✂ "
+#: MLflow run status per merc.status: a pruned trial is KILLED (stopped early), not FINISHED
+RUN_STATUS = {"completed": "FINISHED", "pruned": "KILLED", "errored": "FAILED"}
+
+
+def short_key(k: str) -> str:
+    if k in SHORT_KEYS:
+        return SHORT_KEYS[k]
+    for pre in ("spcl_", "use_"):
+        if k.startswith(pre):
+            return k[len(pre):]
+    return k
+
+
+def short_point(label: str) -> str:
+    """A grid point's label for a run name: ``window_past=11,window_future=9`` -> ``P11 F9``,
+    ``model=mmgcn,spcl_pacing=cosine`` -> ``mmgcn pacing=cosine``; a named point stays as is."""
+    if "=" not in label:
+        return label
+    parts = []
+    for kv in label.split(","):
+        k, _, v = kv.partition("=")
+        sk = short_key(k.strip())
+        if not sk:                              # the value names itself (mmgcn, ATV, spcl)
+            parts.append(v)
+        elif len(sk) == 1:                      # P11, F9, ε0.8, α1.1
+            parts.append(f"{sk}{v}")
+        else:
+            parts.append(f"{sk}={v}")
+    return " ".join(parts)
+
+
+def run_name(point: Optional[str], seed: Any, *, study: str = "", stage: str = "",
+             number: Optional[int] = None, params: str = "") -> str:
+    """Point and seed first (``P11 F9 · s0 · window``), so the runs table's cut keeps them;
+    search trials lead with the Optuna trial number (``#007 · s0 · lr=0.001 h=16``)."""
+    if point is not None:
+        name = f"{short_point(str(point))} · s{seed}"
+        tail = study or stage
+    else:
+        name = f"#{number:03d} · s{seed}" if number is not None else f"{stage} · s{seed}"
+        tail = params
+    return (f"{name} · {tail}" if tail else name)[:240]
+
+
 class MercMLflowCallback(Callback):
     """Driver-side, restore-safe MLflow logging (see module doc)."""
 
@@ -156,6 +258,9 @@ class MercMLflowCallback(Callback):
         self._runs: dict[str, str] = {}
         self._steps: dict[str, int] = {}
         self._done: set[str] = set()
+        self._started: set[str] = set()
+        self._t0: Optional[float] = None
+        self._n0 = 0
         self._client: Optional[MlflowClient] = None
 
     def __getstate__(self):
@@ -178,18 +283,19 @@ class MercMLflowCallback(Callback):
         # the snapshot can be older than what a killed driver logged: re-read steps from MLflow
         self._steps = {}
         self._done = set(state.get("done", []))
+        self._started, self._t0 = set(), None    # progress / ETA count this session only
 
     # ---- helpers ------------------------------------------------------------------------------
     def _run_name(self, trial) -> str:
         cfg = trial.config
         seed = cfg.get("seed")
         if cfg.get("_point") is not None:
-            return f"{self.study or self.stage}: {cfg['_point']} | seed {seed}"
+            return run_name(str(cfg["_point"]), seed, study=self.study, stage=self.stage)
         o = cfg.get("_optuna")
-        num = f"#{o['number']:03d}" if o else trial.trial_id
-        parts = ", ".join(f"{k}={_fmt(cfg[k])}" for k in self.varied if k in cfg)
-        name = f"{self.stage} {num} | seed {seed} | {parts}"
-        return name[:240]
+        parts = " ".join(f"{short_key(k) or k}={_fmt(cfg[k])}" for k in self.varied if k in cfg)
+        if o:
+            return run_name(None, seed, number=int(o["number"]), params=parts)
+        return run_name(None, seed, stage=f"{self.stage} {trial.trial_id}", params=parts)
 
     @staticmethod
     def trial_key(config: dict) -> str:
@@ -220,7 +326,7 @@ class MercMLflowCallback(Callback):
 
     @staticmethod
     def _final(run) -> bool:
-        return run.info.status in ("FINISHED", "FAILED") and \
+        return run.info.status in ("FINISHED", "FAILED", "KILLED") and \
             run.data.tags.get("merc.status") in ("completed", "pruned", "errored")
 
     def _last_step(self, run_id: str) -> int:
@@ -278,6 +384,10 @@ class MercMLflowCallback(Callback):
     # ---- Tune hooks ---------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_for(trial)
+        if trial.trial_id not in self._started:
+            self._started.add(trial.trial_id)
+            if self.progress and trial.trial_id not in self._done:
+                self._say(f"start  {self._run_name(trial)[:60]}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "merc_status" in result:
@@ -328,22 +438,42 @@ class MercMLflowCallback(Callback):
         if r.get("hostname"):
             tags.append(RunTag("ray.hostname", str(r["hostname"])))
         ts = int(time.time() * 1000)
+        # a pruned / errored trial's selection is over a partial budget: no sel_* for it
         finals = [Metric(k, float(v), ts, 0) for k, v in r.items()
-                  if k.startswith("sel_") and isinstance(v, (int, float)) and math.isfinite(v)]
+                  if status == "completed" and k.startswith("sel_") and
+                  isinstance(v, (int, float)) and math.isfinite(v)]
         finals.append(Metric("epochs_run", float(r.get("epoch", 0)), ts, 0))
         if "time_total_s" in r:
             finals.append(Metric("trial_time_s", float(r["time_total_s"]), ts, 0))
         self.client.log_batch(rid, metrics=finals, tags=tags)
         if status == "completed":
             self._log_model(trial, rid)
-        self.client.set_terminated(rid, "FINISHED" if status != "errored" else "FAILED")
+        if status == "pruned":   # at a glance in the runs table: ✂ name, KILLED (not green)
+            self.client.update_run(rid, name=PRUNED_PREFIX + self._run_name(trial))
+        self.client.set_terminated(rid, RUN_STATUS[status])
         self._done.add(tid)
         if self.progress:
             sel = r.get(f"sel_{self.metric}")
-            val = f"sel {self.metric} {sel:.2f}" if isinstance(sel, float) else ""
-            t = f"{r.get('time_total_s', 0):.1f}s"
-            print(f"[merc] {len(self._done)}/{self.total or '?'} {self._run_name(trial)[:90]}: "
-                  f"{status} {val} {t} {('- ' + reason[:120]) if reason else ''}", flush=True)
+            val = (f"{self.metric} {sel:.2f} (epoch {int(r.get('sel_epoch', 0))})"
+                   if status == "completed" and isinstance(sel, float) else
+                   f"at epoch {int(r.get('epoch', 0))}/{self.epochs}")
+            word = {"completed": "done  ", "pruned": "pruned", "errored": "ERROR "}[status]
+            self._say(f"{word} {self._run_name(trial)[:60]}: {val}, "
+                      f"{r.get('time_total_s', 0):.0f}s" +
+                      (f" - {reason[:100]}" if reason and status != "completed" else ""))
+
+    def _say(self, what: str) -> None:
+        """One progress line per trial event: running count, done / total, ETA."""
+        now = time.time()
+        if self._t0 is None:
+            self._t0, self._n0 = now, len(self._done)
+        done, running = len(self._done), len(self._started - self._done)
+        eta = ""
+        if self.total and self._n0 < done < self.total:   # trials done in this session
+            left = (now - self._t0) / (done - self._n0) * (self.total - done)
+            eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
+        print(f"[merc] {done}/{self.total or '?'} done, {running} running{eta} | {what}",
+              flush=True)
 
     def _log_model(self, trial, rid: str) -> None:
         ck = trial.checkpoint

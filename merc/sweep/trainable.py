@@ -134,8 +134,9 @@ def run_trial(config: dict, data: Any = None) -> None:
     def report(metrics: dict, epoch: int) -> None:
         m = _clean(metrics)
         m["epoch"] = float(epoch + 1)
-        stop_es = bool(train.early_stopping) and (epoch - int(metrics.get("sel_epoch", epoch))
-                                                  >= train.early_stopping)
+        stop_es = bool(train.early_stopping) and (epoch + 1 - int(metrics.get("sel_epoch",
+                                                                              epoch + 1))
+                                                  >= train.early_stopping)   # sel_epoch: 1-based
         last = epoch + 1 >= train.epochs or stop_es
         m["merc_last"] = 1.0 if last else 0.0
         m["node_id"] = node_id
