@@ -132,7 +132,8 @@ class SGATLayer(nn.Module):
         # Eqs. (14)-(16): x_agg,i = sum_j alpha_ij W_agg x_j, alpha from GATv2 scores
         self.gat = GATv2Conv(dim, dim, heads=heads, concat=True)
         self.w_com = nn.Parameter(torch.empty(heads, dim, dim))      # W_com per head, eq. (17)
-        nn.init.xavier_uniform_(self.w_com)
+        for w in self.w_com:                  # per head: a 3-D xavier would use fan d * d
+            nn.init.xavier_uniform_(w)
         self.psi = nn.Linear(heads * dim, dim)                        # Psi, eq. (18)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
