@@ -261,3 +261,46 @@ def test_real_mlflow_server(ray_local, tmp_path, monkeypatch):
             srv.wait(timeout=20)
         except subprocess.TimeoutExpired:
             os.killpg(srv.pid, signal.SIGKILL)
+
+
+CONCURRENT = """
+model: mmgcn
+dataset: synthetic:tiny
+fixed: {epochs: 1, batch_size: 8}
+studies:
+  pair:
+    axes: {dropout: [0.1, 0.3]}
+    seeds: [0]
+"""
+
+
+def test_concurrent_sweeps_on_a_fresh_store(ray_local, tmp_path):
+    """Two drivers started at once on a new mlflow.db (same experiment, same second): the store
+    is created under a file lock (no `duplicate column name`), the second sweep gets its own
+    name, and both finish with all their runs (issue 10)."""
+    spec = tmp_path / "pair.yaml"
+    spec.write_text(CONCURRENT)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = dict(os.environ, RAY_ADDRESS=ray_local["address"], PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "merc.cli", "sweep", "run", str(spec), "--study", "pair",
+           "--address", ray_local["address"], "--max-concurrent", "1", "-v", "0"]
+    logs = [open(tmp_path / f"driver{i}.log", "w") for i in range(2)]
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=lg, stderr=subprocess.STDOUT)
+             for lg in logs]
+    try:
+        rcs = [p.wait(timeout=600) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for lg in logs:
+            lg.close()
+    out = [(tmp_path / f"driver{i}.log").read_text()[-3000:] for i in range(2)]
+    assert rcs == [0, 0], out
+    parents, children = _runs(uri, "mmgcn-pair")
+    assert len(parents) == 2, out
+    names = {p.data.tags["merc.sweep_id"] for p in parents}
+    assert len(names) == 2 and all(p.info.status == "FINISHED" for p in parents)
+    for p in parents:
+        mine = [c for c in children if c.data.tags["mlflow.parentRunId"] == p.info.run_id]
+        assert len(mine) == 2 and all(c.info.status == "FINISHED" for c in mine), out
