@@ -29,7 +29,8 @@ def test_repo_micga_spec_valid():
     assert sm.paper["iemocap4"]["smoothing=none,missing_rate=0.6"] == 74.51
     assert len(sm.paper["iemocap4"]) == len(sm.paper["iemocap6"]) == 35
     mr = spec.studies["missing_rate"]
-    assert [p.label for p in mr.points] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.667"]
+    assert [p.label for p in mr.points] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6",
+                                            "0.667"]
     assert mr.paper["iemocap6"]["0.667"] == 59.18      # the paper's 0.7 (the spec's header)
     assert mr.paper["mosei"]["0.0"] == 87.61
     mo = spec.studies["modules"]
@@ -86,7 +87,8 @@ def test_smoothing_quick(ray_local, tmp_path, monkeypatch):
         {("none", "0.2"), ("none", "0.5"), ("0.5", "0.2"), ("0.5", "0.5")}
     assert all(r.data.tags["merc.status"] == "completed" for r in children)
     pid = parents[0].info.run_id
-    arts = {a.path for a in c.list_artifacts(pid)} | {a.path for a in c.list_artifacts(pid, "plots")}
+    arts = {a.path for a in c.list_artifacts(pid)} | \
+        {a.path for a in c.list_artifacts(pid, "plots")}
     assert {"smoothing_table.md", "smoothing_table.csv", "plots/smoothing_heatmap.png"} <= arts
     md = Path(c.download_artifacts(pid, "smoothing_table.md", str(tmp_path))).read_text()
     assert "**smoothing=0.5,missing_rate=0.2**" in md and "64.07" in md   # Table 6, 6-way
