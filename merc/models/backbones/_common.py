@@ -3,7 +3,10 @@
 What: every SPCL backbone (SPCL paper, sec. 4.2) is *late fusion*: one branch per modality gives
 uni-modal logits z^m (SPCL Eq. (1)) and the joint logit is their sum (SPCL Eq. (2)). This module
 holds that fusion step (:func:`late_fusion_output`), the per-modality sequence encoders the
-backbones share (bidirectional GRU / LSTM, a Transformer, or a linear map), and batch-level graph
+backbones share (the released SPCL encoder - Transformer layers at the input width, then a linear
+map, :class:`InputWidthTransformer` - and, for the lighter ``encoder: light`` structures, a
+bidirectional GRU / LSTM, a Transformer after a projection, or a linear map), GCNII layers (plain and
+``variant``), and batch-level graph
 builders cached on the dialogue lengths (and speakers where relations depend on them), built from
 :mod:`merc.graphs` so that no backbone carries a fixed maximum dialogue length.
 
