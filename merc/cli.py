@@ -89,11 +89,14 @@ def cmd_train(args) -> int:
     if not args.quiet:
         print(f"merc train {model} on {manifest.name} ({root}) modalities="
               f"{train_cfg.modalities} epochs={train_cfg.epochs} seed={train_cfg.seed}", flush=True)
+        print(config_text(model, manifest.family, flat, train_cfg, model_cfg), flush=True)
     res = fit(model, data, train_cfg, model_cfg, log=log)
+    per_class = {n: res.best.get(f"test_f1_{n}") for n in data.meta.label_names}
     summary = {"model": model, "data": str(root), "status": res.status, "reason": res.reason,
                "params": res.num_params, "selected_epoch": res.best_epoch,
                "val_wf1": res.best.get("val_wf1"), "val_acc": res.best.get("val_acc"),
                "test_wf1": res.best.get("test_wf1"), "test_acc": res.best.get("test_acc"),
+               "test_per_class_f1": per_class,
                "median_epoch_s": statistics.median(res.epoch_times) if res.epoch_times else None}
     if args.save and res.best_state is not None:
         save_model(args.save, model, train_cfg, model_cfg, data.meta, res.best_state,
@@ -107,7 +110,34 @@ def cmd_train(args) -> int:
                   f"{res.best['val_wf1']:.2f} acc {res.best['val_acc']:.2f} | test w-F1 "
                   f"{res.best['test_wf1']:.2f} acc {res.best['test_acc']:.2f} | params "
                   f"{res.num_params:,} | median epoch {summary['median_epoch_s']:.2f}s")
+            print("per-class F1 (test | val, selected epoch): " + ", ".join(
+                f"{n} {res.best.get(f'test_f1_{n}', float('nan')):.1f} | "
+                f"{res.best.get(f'val_f1_{n}', float('nan')):.1f}"
+                for n in data.meta.label_names))
     return 0 if res.status != "diverged" else 1
+
+
+def config_text(model: str, family: str, flat: dict[str, Any], train_cfg, model_cfg) -> str:
+    """The resolved config, every key, marked by where its value comes from: ``*`` the command
+    line / --config, ``†`` the paper's defaults for the dataset family, else the code default."""
+    from merc.models import get_entry
+    cls = get_entry(model).config_cls
+    paper = cls.paper_defaults(family)
+    fam = family if family in cls.PAPER_DEFAULTS else (
+        f"{next(iter(cls.PAPER_DEFAULTS))} (no {family!r} entry: the first family's)"
+        if cls.PAPER_DEFAULTS else "none")
+    given = {k.rpartition(".")[2] for k in flat}
+
+    def fmt(d: dict) -> str:
+        return " ".join(f"{k}={v}{'*' if k in given else '†' if k in paper else ''}"
+                        for k, v in d.items())
+    out = [f"config ({model}; dataset family {family}; paper defaults of {fam}; * = given, "
+           f"† = paper default):",
+           "  train    " + fmt(train_cfg.model_dump(exclude={"strategy_config"})),
+           "  model    " + fmt(model_cfg.model_dump())]
+    if train_cfg.strategy_config is not None and train_cfg.strategy_config.model_dump():
+        out.append(f"  strategy " + fmt(train_cfg.strategy_config.model_dump()))
+    return "\n".join(out)
 
 
 def cmd_synth(args) -> int:
@@ -191,12 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="synthesize, import, inspect or featurize datasets")
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="write a synthetic dataset")
-    s.add_argument("--shape", default="iemocap6", help="preset: iemocap6, iemocap4, meld, tiny")
+    s.add_argument("--shape", default="iemocap6",
+                   help="preset: iemocap6, iemocap4, meld, small, demo, tiny")
     s.add_argument("--out", required=True)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_synth)
-    i = dsub.add_parser("import", help="import public feature files into the canonical format")
-    i.add_argument("--format", required=True)
+    from merc.data.importers import formats_help
+    i = dsub.add_parser("import", help="import public feature files into the canonical format",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=formats_help() + "\n\nexample: merc data import --format "
+                        "dialogue-csv emorynlp/ D --opt dialogue=Season+Episode+Scene_ID")
+    i.add_argument("--format", required=True, help="one of the formats below")
     i.add_argument("src")
     i.add_argument("out")
     i.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",

@@ -24,7 +24,8 @@ class Importer:
 IMPORTERS: dict[str, Importer] = {}
 #: modules that register importers
 _MODULES = ["merc.data.importers.pickles", "merc.data.importers.gcnet",
-            "merc.data.importers.dagerc", "merc.data.importers.meld_csv"]
+            "merc.data.importers.dagerc", "merc.data.importers.meld_csv",
+            "merc.data.importers.dialogue_csv"]
 
 
 def register_importer(name: str, help: str = ""):
@@ -46,6 +47,48 @@ def _load_all() -> None:
 def importer_names() -> list[str]:
     _load_all()
     return sorted(IMPORTERS)
+
+
+def importer_options(fmt: str) -> list[tuple[str, str]]:
+    """(option, default) of a format's ``--opt`` keys, from its function's signature."""
+    _load_all()
+    params = inspect.signature(IMPORTERS[fmt].fn).parameters
+    return [(k, "" if p.default is inspect.Parameter.empty else repr(p.default))
+            for k, p in params.items() if k not in ("src", "out") and
+            p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def _takes_any(fmt: str) -> bool:
+    params = inspect.signature(IMPORTERS[fmt].fn).parameters.values()
+    return any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def _doc_options(fn) -> str:
+    """The "Options: ..." paragraph of an importer's docstring, on one line."""
+    import re
+    doc = inspect.getdoc(fn) or ""
+    m = re.search(r"Options(?: as ([\w-]+))?[:.]?\s*(.*?)(?:\n\s*\n|$)", doc, re.S)
+    if not m:
+        return ""
+    if m.group(1):
+        return f"as {m.group(1)}"
+    return " ".join(m.group(2).replace("``", "").split()).rstrip(".")
+
+
+def formats_help(width: int = 100) -> str:
+    """Every format with its one-line help and its options (``merc data import --help``)."""
+    import textwrap
+    lines = ["formats and their --opt options (defaults in parentheses):"]
+    for n in importer_names():
+        lines.append(f"  {n}")
+        lines += textwrap.wrap(IMPORTERS[n].help, width, initial_indent="      ",
+                               subsequent_indent="      ")
+        opts = ", ".join(f"{k} ({d})" if d else k for k, d in importer_options(n))
+        if _takes_any(n):   # options checked inside: its docstring's "Options" paragraph
+            opts = _doc_options(IMPORTERS[n].fn) or "see the importer's docstring"
+        lines += textwrap.wrap(f"options: {opts or 'none'}", width, initial_indent="      ",
+                               subsequent_indent="        ")
+    return "\n".join(lines)
 
 
 def run_import(fmt: str, src: str | Path, out: str | Path, **options: Any) -> Manifest:
