@@ -432,7 +432,8 @@ class MercMLflowCallback(Callback):
         r = trial.last_result or {}
         tags = [RunTag("merc.status", status), RunTag("merc.fit_status", fit_status),
                 RunTag("merc.reason", reason[:5000]),
-                RunTag("merc.full_budget", "1" if status == "completed" else "0")]
+                RunTag("merc.full_budget", "1" if status == "completed" else "0"),
+                RunTag("merc.attempts", str(_attempts(trial, failed=error is not None)))]
         if r.get("node_id"):
             tags.append(RunTag("ray.node_id", str(r["node_id"])))
         if r.get("hostname"):
@@ -511,17 +512,38 @@ class MercMLflowCallback(Callback):
         self._finish(trial, None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        err = None
-        try:   # written driver-side just before this hook; synced to storage only later
-            if trial.error_file and Path(trial.error_file).is_file():
-                err = Path(trial.error_file).read_text()
-            else:
-                err = trial.get_error()
-        except Exception:
-            pass
-        text = str(err or "trial raised")
-        lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-        # the exception line, not the whole traceback (that stays in the Ray trial dir)
-        reason = next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln),
-                      lines[-1] if lines else "trial raised")
-        self._finish(trial, reason.strip())
+        self._finish(trial, _error_line(trial))
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        """A failed trial Ray retries (``--retries``, e.g. a killed worker): its run says which
+        attempt is running and why the last one failed."""
+        try:
+            rid = self.run_for(trial)
+            self.client.log_batch(rid, tags=[
+                RunTag("merc.attempts", str(_attempts(trial, failed=False))),
+                RunTag("merc.last_failure", _error_line(trial)[:5000])])
+        except Exception as err:  # never let tracking kill the sweep
+            log.warning("trial %s: could not tag the retry: %s", trial.trial_id, err)
+
+
+def _attempts(trial, failed: bool) -> int:
+    """Attempts a trial has made: its failures, plus the running / completed one."""
+    n = int(getattr(trial, "num_failures", 0) or 0)
+    return max(1, n if failed else n + 1)
+
+
+def _error_line(trial) -> str:
+    """The exception line of a trial's last error, not the whole traceback (that stays in the
+    Ray trial dir)."""
+    err = None
+    try:   # written driver-side just before the hook; synced to storage only later
+        if trial.error_file and Path(trial.error_file).is_file():
+            err = Path(trial.error_file).read_text()
+        else:
+            err = trial.get_error()
+    except Exception:
+        pass
+    text = str(err or "trial raised")
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return next((ln for ln in reversed(lines) if "Error" in ln or "Exception" in ln),
+                lines[-1] if lines else "trial raised").strip()
