@@ -161,3 +161,21 @@ def test_numpy1_module_names_accepted():
     back = loads_pickle(old)
     np.testing.assert_array_equal(back["x"], a)
     assert back["s"] == 3
+
+
+def test_python2_numpy_pickle_loads():
+    """The public IEMOCAP/MELD files are Python-2 numpy pickles: `numpy.core` names, dtype args
+    as ints, the dtype char and the raw data as (latin-1) byte strings."""
+    import struct
+    raw = np.arange(3, dtype="<f8").tobytes()
+
+    def s(b: bytes) -> bytes:  # BINSTRING (Python 2 str)
+        return b"T" + struct.pack("<i", len(b)) + b
+
+    blob = (b"\x80\x02}q\x00U\x01xcnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\n"
+            b"q\x02K\x00\x85U\x01b\x87Rq\x03(K\x01K\x03\x85cnumpy\ndtype\nq\x04U\x02f8K\x00K\x01"
+            b"\x87R(K\x03U\x01<NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89" + s(raw) +
+            b"tbs.")
+    back = loads_pickle(blob)
+    np.testing.assert_array_equal(back["x"], np.arange(3.0))
+    assert back["x"].flags.writeable
