@@ -1,13 +1,16 @@
-"""Real-data check (issue "Real dialogues", item 4): MELD text, default sentence encoder.
+"""Real-data check: every registered model on one featurized dataset (MELD text by default).
 
-Every registered model is trained in T-only mode (``modalities='T'``) on the MELD utterances
-encoded by the offline all-MiniLM-L6-v2 (384-d), at its paper defaults for MELD except the epoch
+Every registered model that accepts the dataset's modalities (it builds and runs a forward pass
+on them; ``--models`` narrows the list) is trained on all the modalities the dataset has (MELD
+from its CSVs: the utterances encoded by the offline all-MiniLM-L6-v2, 384-d, ``modalities='T'``;
+``--modalities`` to choose), at its paper defaults for the dataset's family except the epoch
 budget (fixed per model, early stopping off) and ``threads=1``; the epoch is selected on the
-official dev split and the test weighted F1 at that epoch is reported, mean +- std (ddof 1) over
-the seeds. Two baselines are computed in the same run on the same features:
+valid split and the test weighted F1 at that epoch is reported, mean +- std (ddof 1) over the
+seeds. Two baselines are computed in the same run on the same features:
 
 * **majority**: always the train split's most frequent class (``merc.metrics.majority_wf1``);
-* **logistic regression**, context-free (one utterance at a time, no speaker, no neighbours):
+* **logistic regression**, context-free (one utterance at a time, the modalities' features
+  concatenated, no speaker, no neighbours):
   ``sklearn.linear_model.LogisticRegression`` with ``C`` and ``class_weight`` (none / balanced)
   chosen on dev w-F1, test w-F1 at the chosen pair.
 
@@ -18,6 +21,8 @@ interrupted run keeps what it measured.
 Standalone (the full table)::
 
     python -m benchmarks.real_data [--data FEATURIZED_DIR] [--seeds 0,1,2] [--workers 2]
+    python -m benchmarks.real_data --data EMORYNLP_DIR     # any featurized dataset (e.g. a
+                                                          # dialogue-csv import + featurize)
 
 Without ``--data`` the MELD CSVs (``$MERC_MELD_DIR`` or ``../shared/data/meld``) are imported and
 featurized into ``$MERC_BENCH_TMP/real_data`` (once; featurizing takes minutes on a CPU). Through
@@ -69,12 +74,45 @@ def encoder_missing() -> list[str]:
 
 
 def has_text_features(root: Path) -> bool:
+    """A dataset the check can train on: a manifest with at least one feature modality."""
     from merc.data.format import read_manifest
     try:
         m = read_manifest(root)
     except Exception:
         return False
-    return "text" in m.modalities and bool(m.text_encoder) and m.family == "meld"
+    return bool(m.modalities)
+
+
+def dataset_modalities(root: Path) -> str:
+    """Letters of every modality the dataset has (``T`` for featurized text, ``ATV``, ...)."""
+    from merc.data.format import MODALITY_TO_LETTER, read_manifest
+    return "".join(MODALITY_TO_LETTER[m] for m in read_manifest(root).modalities)
+
+
+def accepting_models(root: Path, modalities: str, names: Optional[Sequence[str]] = None,
+                     log: Callable[[str], None] = print) -> list[str]:
+    """Registered models (or ``names``) that build at their paper defaults for the dataset's
+    family and run a forward pass on one of its dialogues with ``modalities``."""
+    import torch
+
+    from merc.data.dataset import MercData
+    from merc.models import build_model, model_names
+    from merc.train import resolve_config
+    data = MercData(root, modalities=modalities)
+    batch = data["train"].batch([0])
+    ok = []
+    for name in names or model_names():
+        try:
+            _, mcfg = resolve_config(name, {"modalities": modalities}, data.meta.family,
+                                     source="benchmarks.real_data")
+            torch.manual_seed(0)
+            with torch.no_grad():
+                build_model(name, mcfg, data.meta).eval()(batch)
+            ok.append(name)
+        except Exception as err:  # noqa: BLE001 - a model that cannot take this data
+            log(f"real_data: {name} skipped (does not accept modalities={modalities} of "
+                f"{data.meta.name}: {type(err).__name__}: {str(err)[:160]})")
+    return ok
 
 
 def imported(src: Path, out: Path) -> Path:
@@ -130,8 +168,8 @@ def prepare(data: Optional[Path], work: Path, train_dialogues: Optional[int] = N
     """A featurized MELD directory: ``data`` if it has text features; else import (+ slice) +
     featurize under ``work``. A slice of a featurized copy keeps its features (no encoder)."""
     if data is not None and not has_text_features(Path(data)):
-        log(f"{data}: no MELD text features there; building from the CSVs instead")
-        data = None
+        raise Skip(f"{data}: no feature modality in its manifest (featurize it first: "
+                   f"`merc data featurize {data}`)")
     if train_dialogues is None:
         return Path(data) if data is not None else featurized(imported(meld_csv_dir(),
                                                                        work / "meld"), log)
@@ -152,20 +190,23 @@ def prepare(data: Optional[Path], work: Path, train_dialogues: Optional[int] = N
 
 
 # ----------------------------------------------------------------------------- baselines
-def baselines(root: Path) -> dict[str, Any]:
-    """Majority class and a context-free logistic regression tuned on dev (C x class_weight)."""
+def baselines(root: Path, modalities: str = "T") -> dict[str, Any]:
+    """Majority class and a context-free logistic regression tuned on dev (C x class_weight) on
+    the concatenated features of ``modalities``."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_limits
 
-    from merc.data.format import IGNORE_INDEX, read_manifest, read_split
+    from merc.data.format import IGNORE_INDEX, LETTER_TO_MODALITY, read_manifest, read_split
     from merc.metrics import classification_metrics, majority_wf1
     m = read_manifest(root)
+    mods = [LETTER_TO_MODALITY[c] for c in "ATV" if c in modalities]
     xy = {}
     for s in ("train", "valid", "test"):
         a = read_split(root, s, m, mmap=False)
         keep = a.labels != IGNORE_INDEX
-        xy[s] = (np.asarray(a.features["text"])[keep], a.labels[keep])
+        x = np.concatenate([np.asarray(a.features[k]) for k in mods], axis=1)
+        xy[s] = (x[keep], a.labels[keep])
     maj = {"val_wf1": majority_wf1(xy["train"][1], xy["valid"][1]),
            "test_wf1": majority_wf1(xy["train"][1], xy["test"][1]),
            "class": m.label_names[int(np.bincount(xy["train"][1]).argmax())]}
@@ -198,18 +239,20 @@ def baselines(root: Path) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- one fit
-def _fit_job(model: str, seed: int, epochs: int, root: str) -> dict[str, Any]:
-    """One (model, seed) fit in a worker process (threads=1)."""
+def _fit_job(model: str, seed: int, epochs: int, root: str,
+             modalities: str = "T") -> dict[str, Any]:
+    """One (model, seed) fit in a worker process (threads=1), at the family's paper defaults."""
     import resource
 
     import torch
     torch.set_num_threads(1)
     from merc.data.dataset import MercData
+    from merc.data.format import read_manifest
     from merc.train import fit, resolve_config
     train, mcfg = resolve_config(model, {"epochs": epochs, "threads": 1, "seed": seed,
-                                         "modalities": "T", "early_stopping": 0}, "meld",
-                                 source="benchmarks.real_data")
-    data = MercData(root, modalities="T", seed=seed)
+                                         "modalities": modalities, "early_stopping": 0},
+                                 read_manifest(root).family, source="benchmarks.real_data")
+    data = MercData(root, modalities=modalities, seed=seed)
     w0, c0 = time.perf_counter(), time.process_time()
     res = fit(model, data, train, mcfg)
     h = res.history
@@ -251,7 +294,8 @@ def _pm(m: Optional[float], s: Optional[float]) -> str:
 
 
 def aggregate(fits: list[dict], base: Optional[dict], models: Sequence[str],
-              seeds: Sequence[int], epochs: dict[str, int]) -> dict[str, Any]:
+              seeds: Sequence[int], epochs: dict[str, int],
+              title: str = "MELD text (T-only)") -> dict[str, Any]:
     """Per-model summaries, the main table, targets."""
     lr = base["logreg"]["selected"] if base else None
     per_model, rows = {}, []
@@ -282,7 +326,7 @@ def aggregate(fits: list[dict], base: Optional[dict], models: Sequence[str],
                      "-"])
         rows.append([f"logreg (C={lr['C']:g}, class_weight={lr['class_weight']})", "-",
                      f"{lr['test_wf1']:.2f}", f"{lr['val_wf1']:.2f}", "+0.00", "-", "-", "-"])
-    tables = [{"title": "MELD text (T-only), test w-F1 (%) at the epoch selected on dev",
+    tables = [{"title": f"{title}, test w-F1 (%) at the epoch selected on dev",
                "columns": ["model", "seeds", "test w-F1 mean ± std", "val w-F1 mean ± std",
                            "test Δ vs logreg", "epochs", "selected epoch per seed",
                            "epoch time median (s)"],
@@ -344,14 +388,16 @@ def description() -> str:
 def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   epochs: dict[str, int], workers: int = 2, out_dir: Optional[Path] = None,
                   log: Callable[[str], None] = print, doc: Optional[dict] = None,
-                  setup_extra: Optional[dict] = None,
-                  done: Sequence[dict] = ()) -> dict[str, Any]:
+                  setup_extra: Optional[dict] = None, done: Sequence[dict] = (),
+                  modalities: Optional[str] = None) -> dict[str, Any]:
     """Baselines, then every (model, seed) fit; returns the benchmark section (and, with
     ``out_dir``, rewrites ``real_data.json`` / ``.md`` there after every step). ``done``: fits
     of an earlier, interrupted run of the same plan on the same data, kept instead of rerun."""
     from merc.data.format import read_manifest
     t0 = time.time()
     man = read_manifest(data)
+    modalities = modalities or dataset_modalities(data)
+    title = f"{man.name} ({man.family}, modalities {modalities})"
     sec: dict[str, Any] = {
         "description": description(),
         "setup": {"data": str(data), "fingerprint": man.fingerprint,
@@ -360,7 +406,8 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   "utterances (train/valid/test)": "/".join(
                       str(man.splits[s].utterances) for s in ("train", "valid", "test")),
                   "encoder": (man.text_encoder or {}).get("name"),
-                  "dim": man.modalities.get("text"), "modalities": "T",
+                  "dims": dict(man.modalities), "modalities": modalities,
+                  "family (paper defaults)": man.family,
                   "epochs per model (fixed, early stopping off)": dict(epochs),
                   "seeds": list(seeds), "workers": workers, "torch threads per fit": 1,
                   "selection": "epoch with the best dev (valid) w-F1; test at that epoch",
@@ -373,7 +420,7 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   "load_average": {"start": load_average(), "end": None}, "benchmarks": {}}
 
     def flush() -> None:
-        agg = aggregate(sec["fits"], sec["baselines"], models, seeds, epochs)
+        agg = aggregate(sec["fits"], sec["baselines"], models, seeds, epochs, title)
         sec.update(per_model=agg["per_model"], tables=agg["tables"], targets=agg["targets"],
                    notes=agg["notes"] + sec.get("extra_notes", []))
         sec["measurements"] = {f"{n} epoch time": agg["per_model"][n]["epoch_time"]
@@ -387,7 +434,7 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
             write(doc, Path(out_dir))
 
     log(f"real_data: baselines on {data}")
-    sec["baselines"] = baselines(data)
+    sec["baselines"] = baselines(data, modalities)
     b = sec["baselines"]
     log(f"real_data: majority test w-F1 {b['majority']['test_wf1']:.2f}; logreg (C="
         f"{b['logreg']['selected']['C']}, {b['logreg']['selected']['class_weight']}) val "
@@ -401,7 +448,8 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
     import multiprocessing as mp
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"),
                              initializer=_init_worker) as pool:
-        pending = {pool.submit(_fit_job, m, s, epochs[m], str(data)): (m, s) for m, s in jobs}
+        pending = {pool.submit(_fit_job, m, s, epochs[m], str(data), modalities): (m, s)
+                   for m, s in jobs}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
@@ -447,7 +495,7 @@ def settings(quick: bool) -> dict[str, Any]:
 
 def run(ctx: Context) -> dict[str, Any]:
     """The runner's entry (``python -m benchmarks run --only real_data``); data from
-    ``$MERC_REAL_DATA`` (a featurized MELD dir) or the CSVs."""
+    ``$MERC_REAL_DATA`` (any featurized dataset dir) or the MELD CSVs."""
     st = settings(ctx.quick)
     env = os.environ.get("MERC_REAL_DATA")
     try:
@@ -456,8 +504,11 @@ def run(ctx: Context) -> dict[str, Any]:
     except Skip as err:
         return {"error": f"skipped: {err}", "measurements": {}, "targets": [],
                 "load_average": {"start": load_average(), "end": load_average()}}
+    mods = dataset_modalities(root)
+    if not ctx.quick:
+        st["models"] = accepting_models(root, mods, st["models"], ctx.log)
     return run_real_data(root, st["models"], st["seeds"], st["epochs"], 2, ctx.out_dir, ctx.log,
-                         setup_extra=_slice_note(st))
+                         setup_extra=_slice_note(st), modalities=mods)
 
 
 def _slice_note(st: dict) -> dict:
@@ -470,9 +521,13 @@ def _slice_note(st: dict) -> dict:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.real_data",
                                 description=__doc__.split("\n")[0])
-    p.add_argument("--data", help="a featurized MELD directory to reuse (else import+featurize)")
+    p.add_argument("--data", help="any featurized dataset directory (default: MELD imported "
+                                  "from its CSVs and featurized)")
     p.add_argument("--quick", action="store_true", help="the small slice of the slow test")
-    p.add_argument("--models", help="comma-separated subset (default: every registered model)")
+    p.add_argument("--models", help="comma-separated subset (default: every registered model "
+                                    "that accepts the dataset's modalities)")
+    p.add_argument("--modalities", help="letters of the modalities to train on (default: all "
+                                        "the dataset has)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--epochs", help="N for every model, or name=N,... overrides")
     p.add_argument("--train-dialogues", type=int, help="slice: first N train dialogues")
@@ -524,8 +579,11 @@ def main(argv=None) -> int:
            "only": ["real_data"], "started": now(), "finished": None, "duration_s": 0.0,
            "environment": environment(), "load_average": {"start": load_average(), "end": None},
            "benchmarks": {}}
+    mods = a.modalities or dataset_modalities(root)
+    if not a.models and not a.quick:   # every registered model that takes this data
+        st["models"] = accepting_models(root, mods, st["models"], log)
     sec = run_real_data(root, st["models"], st["seeds"], st["epochs"], a.workers, Path(a.out),
-                        log, doc, setup_extra=_slice_note(st), done=done)
+                        log, doc, setup_extra=_slice_note(st), done=done, modalities=mods)
     j, md = write(doc, Path(a.out))
     print(f"results: {j}, {md}")
     for t in sec["targets"]:
