@@ -192,10 +192,6 @@ class _DtypeRef:
         self.name, self.dtype, self.built = name, dtype, False
 
 
-def _tuple_key(t: Any) -> bool:
-    return type(t) is tuple or type(t) is frozenset
-
-
 class RestrictedUnpickler(pickle._Unpickler):
     """The pure-Python unpickler with every constructing opcode replaced (module docstring)."""
 
@@ -271,14 +267,18 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     # ---- tuples: depth and weight known at creation (hashing a deep tuple overflows C) -------
     def _note(self, t: Any) -> Any:
-        if _tuple_key(t) and t:
-            depth, weight = 1, 64 + 8 * len(t)
+        tt = type(t)
+        if (tt is tuple or tt is frozenset) and t:
+            depth, weight, tuples = 1, 64 + 8 * len(t), self._tuples
             for x in t:
-                if _tuple_key(x) and x:
-                    e = self._tuples.get(id(x))
+                tx = type(x)
+                if (tx is tuple or tx is frozenset) and x:
+                    e = tuples.get(id(x))
                     if e is None or e[0] is not x:
-                        e = self._note(x) and self._tuples[id(x)]
-                    depth = max(depth, e[1] + 1)
+                        self._note(x)
+                        e = tuples[id(x)]
+                    if e[1] >= depth:
+                        depth = e[1] + 1
                     weight += e[2]
                 else:
                     weight += 32
