@@ -475,8 +475,9 @@ class RestrictedUnpickler(pickle._Unpickler):
                 dt = self._vetted(dt, "numpy array")
                 if isinstance(buf, (bytes, bytearray)) and order in ("C", "F"):
                     return self._array(buf, dt, shape, order == "F")
-        raise self._refuse(f"call {_GLOBAL_NAMES.get(key, key)}({', '.join(_short(a) for a in args)})"
-                           f" (arguments of an unsupported type or count)")
+        shown = ", ".join(_short(a) for a in args)
+        raise self._refuse(f"call {_GLOBAL_NAMES.get(key, key)}({shown}) (arguments of an "
+                           f"unsupported type or count)")
 
     # ---- numpy: the checked path ---------------------------------------------------------------
     def _dtype_call(self, args: tuple) -> _DtypeRef:
@@ -506,7 +507,8 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise self._refuse("a second BUILD on a numpy dtype")
         ok = isinstance(state, tuple) and len(state) in (8, 9) and state[0] in (3, 4) and \
             state[1] in ("<", ">", "|", "=") and state[2] is None and state[3] is None and \
-            state[4] is None and all(type(v) is int for v in state[5:8]) and state[7] == ref.dtype.flags and \
+            state[4] is None and all(type(v) is int for v in state[5:8]) and \
+            state[7] == ref.dtype.flags and \
             (len(state) == 8 or state[8] is None)
         if not ok:
             raise self._refuse(f"numpy dtype {ref.name!r} with state {_short(state, 120)}: only "
