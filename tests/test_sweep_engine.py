@@ -51,14 +51,15 @@ def test_study_window_quick(ray_local, tmp_path, monkeypatch):
     parents, children = _runs(uri, "corect-window")
     assert len(parents) == 1
     keys = sorted((r.data.tags["merc.point"], r.data.tags["merc.seed"]) for r in children)
-    assert len(keys) == 8 and len(set(keys)) == 8
+    assert len(keys) == 18 and len(set(keys)) == 18                     # 3 x 3 x 2 seeds
     assert {k[1] for k in keys} == {"0", "1"}
     c = _client(uri)
     for r in children:
         assert r.data.tags["merc.status"] == "completed"
         assert r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
         hist = c.get_metric_history(r.info.run_id, "val_wf1")
-        assert sorted(m.step for m in hist) == [1, 2, 3]
+        assert sorted(m.step for m in hist) == list(range(1, 11))        # quick: 10 epochs
+        assert r.info.run_name.startswith("P") and " · s" in r.info.run_name
     arts = {a.path for a in c.list_artifacts(parents[0].info.run_id)}
     arts |= {a.path for a in c.list_artifacts(parents[0].info.run_id, "plots")}
     assert {"window_table.csv", "window_table.md", "results.csv", "spec.yaml",
@@ -66,6 +67,16 @@ def test_study_window_quick(ray_local, tmp_path, monkeypatch):
     md = c.download_artifacts(parents[0].info.run_id, "window_table.md", str(tmp_path))
     text = Path(md).read_text()
     assert "window_past=11,window_future=9" in text and "reference" in text
+    assert "synthetic IEMOCAP-6-shaped data" in text.splitlines()[0]
+    # the study's shape on the demo data: every cell far above the majority class, and past
+    # context beats future context (P=11, F=0 over P=0, F=9)
+    import pandas as pd
+    floor = float(text.split("| *majority class (")[1].split("|")[3])
+    tab = pd.read_csv(c.download_artifacts(parents[0].info.run_id, "window_table.csv",
+                                           str(tmp_path))).set_index("point")
+    assert (tab.test_mean > floor + 15).all(), (tab.test_mean.to_dict(), floor)
+    assert tab.test_mean["window_past=11,window_future=0"] > \
+        tab.test_mean["window_past=0,window_future=9"]
 
 
 def test_search_quick_prunes_and_best_reproduces(ray_local, tmp_path, monkeypatch):
@@ -103,7 +114,7 @@ def test_search_quick_prunes_and_best_reproduces(ray_local, tmp_path, monkeypatc
     assert mv.run_id == best["champion"]["run_id"]
     from merc.sweep.spec import load_fixed_config
     model, ds, flat = load_fixed_config("best.yaml")
-    assert model == "corect" and ds == "synthetic:tiny" and flat["seed"] == best["champion"]["seed"]
+    assert model == "corect" and ds == "synthetic:demo" and flat["seed"] == best["champion"]["seed"]
     from merc.sweep.best import reproduce
     got = reproduce("best.yaml")
     assert got["val_wf1"] == best["champion"]["sel_val_wf1"]   # exactly, on CPU
@@ -118,6 +129,25 @@ def test_search_quick_prunes_and_best_reproduces(ray_local, tmp_path, monkeypatc
     local = _client(uri).download_artifacts(mv.run_id, "model/model.pt", str(tmp_path))
     m, cfg = load_model(local)
     assert cfg["flat"]["seed"] == flat["seed"]
+    # ... and as an MLflow pyfunc model (models from code): load by alias, predict on a batch
+    import mlflow.pyfunc
+    from mlflow.tracking import MlflowClient as _C  # noqa: F401
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        pf = mlflow.pyfunc.load_model("models:/merc-corect@champion")
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    from merc.data.dataset import MercData
+    from merc.data.synthetic import resolve_data
+    data = MercData(resolve_data("synthetic:demo"), flat["modalities"])
+    batch = data["test"].batch([0, 1, 2])
+    pred = pf.predict({**{k: v.numpy() for k, v in batch.features.items()},
+                       "lengths": batch.lengths.numpy(), "speakers": batch.speakers.numpy()})
+    assert len(pred) == int(batch.lengths.sum()) and set(pred.label) <= set(data.meta.label_names)
+    # pruned trials: ✂ name, KILLED, no partial sel_* metrics
+    for r in pruned:
+        assert r.info.run_name.startswith("✂ #") and r.info.status == "KILLED"
+        assert not any(k.startswith("sel_") for k in r.data.metrics)
 
 
 FAULTS = """

@@ -2,7 +2,7 @@
 strategy keys in specs, the trial's model chosen per point (`models:`, `model_defaults:`), one
 reference per group, and per-epoch `curves` plotted on the parent run.
 
-Budget: two quick studies on ``synthetic:tiny`` (4 epochs, hidden 16) in the session Ray, plus
+Budget: two quick studies on ``synthetic:demo`` (8 epochs, hidden 16) in the session Ray, plus
 spec checks that start nothing.
 """
 from __future__ import annotations
@@ -183,7 +183,7 @@ def test_pacing_params_quick(ray_local, tmp_path, monkeypatch):
         assert r.data.tags["merc.model"] == "mmgcn"
         assert r.data.params["strategy"] == "spcl"
         hist = c.get_metric_history(r.info.run_id, "spcl_expanding_rate")
-        assert sorted(m.step for m in hist) == [1, 2, 3, 4]
+        assert sorted(m.step for m in hist) == list(range(1, 9))     # quick: 8 epochs
         assert all(0.0 <= m.value <= 1.0 for m in hist)
     pts = {(r.data.params["spcl_epsilon"], r.data.params["spcl_alpha"]) for r in children}
     assert pts == {("0.4", "1.1"), ("0.4", "1.2"), ("0.8", "1.1"), ("0.8", "1.2")}
@@ -199,7 +199,11 @@ def test_pacing_params_quick(ray_local, tmp_path, monkeypatch):
     curves = pd.read_csv(c.download_artifacts(pid, "pacing_params_curves.csv", str(tmp_path)))
     assert {"spcl_expanding_rate", "spcl_lambda", "spcl_ratio_audio", "spcl_ratio_text",
             "spcl_ratio_visual"} <= set(curves.metric)
-    assert set(curves.n) == {2} and set(curves.epoch) == {1, 2, 3, 4}
+    assert set(curves.n) == {2} and set(curves.epoch) == set(range(1, 9))
+    # the demo data: every cell far above the majority-class floor printed under the table
+    floor = float(md.split("| *majority class (")[1].split("|")[3])
+    tab = pd.read_csv(c.download_artifacts(pid, "pacing_params_table.csv", str(tmp_path)))
+    assert (tab.test_mean > floor + 15).all(), (tab.test_mean.tolist(), floor)
 
 
 @pytest.mark.integration
