@@ -146,3 +146,22 @@ def test_parent_run_marked_failed_on_any_exit(tmp_path, monkeypatch, fault):
     assert parent.data.tags["merc.status"] == ("interrupted" if fault is KeyboardInterrupt
                                                else "failed")
     assert "injected at the trials" in parent.data.tags["merc.reason"]
+
+
+def test_sweep_on_a_broken_dataset_is_one_line_before_ray(tmp_path, tiny_dir, capsys,
+                                                          monkeypatch):
+    """The driver checks the dataset as a trial would open it: one message, not N errored
+    trials."""
+    import shutil
+
+    import numpy as np
+    d = tmp_path / "broken"
+    shutil.copytree(tiny_dir, d)
+    lab = np.load(d / "valid" / "labels.npy")
+    np.save(d / "valid" / "labels.npy", lab + 50)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC))
+    r = _run_in_process(["sweep", "run", str(spec), "--study", "s", "--data-dir", str(d),
+                         "--storage", str(tmp_path / "ray")], tmp_path, capsys, monkeypatch)
+    _one_line(r, str(d / "valid" / "labels.npy"))
+    assert not (tmp_path / "mlflow.db").exists()

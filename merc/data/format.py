@@ -460,3 +460,14 @@ def verify_dataset(root: str | os.PathLike) -> str:
             rows += len(arr)
     return (f"fingerprint {manifest.fingerprint} {how}; {len(manifest.splits)} splits "
             f"consistent; {rows} feature rows finite")
+
+
+def check_dataset(root: str | os.PathLike) -> Manifest:
+    """The checks of opening ``root`` for training, without building anything: manifest, every
+    split's consistency, usable splits, fingerprint (cheap when unchanged). A sweep driver calls
+    it before Ray starts, so that a broken dataset is one message, not N errored trials."""
+    root = Path(root)
+    manifest = read_manifest(root)
+    check_usable(root, {s: read_split(root, s, manifest) for s in manifest.splits})
+    verify_fingerprint(root, manifest)
+    return manifest

@@ -260,8 +260,11 @@ class _Sweep:
         for mod in o.imports:
             __import__(mod)
         self.dataset, self.data_root = resolve_dataset(spec, o)
-        from merc.data.format import read_manifest
-        man = read_manifest(self.data_root)
+        from merc.data.format import DatasetError, check_dataset
+        try:   # a broken dataset is one message (exit 2) before Ray, not N errored trials
+            man = check_dataset(self.data_root)
+        except DatasetError as err:
+            raise SpecError(str(err)) from None
         self.manifest = man
         self.family = man.family
         upper = dict(self.study.fixed) if self.study else {}
@@ -502,9 +505,6 @@ class _Sweep:
         # CheckpointConfig(num_to_keep=1) forces an experiment snapshot per trial checkpoint, by
         # design (one checkpoint on disk per trial); Ray warns about it each time unless this is 0
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        if self.o.verbose <= 1:   # our one line per trial event (tracking.py) instead of Ray's
-            # output engine, which prints its header box even at verbose=0
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         path = self.path(name)
         if self.o.resume and self._can_restore(path):
             self.p(f"[merc] resuming {path}")
