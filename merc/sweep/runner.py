@@ -505,6 +505,9 @@ class _Sweep:
         # CheckpointConfig(num_to_keep=1) forces an experiment snapshot per trial checkpoint, by
         # design (one checkpoint on disk per trial); Ray warns about it each time unless this is 0
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        if self.o.verbose <= 1:   # our one line per trial event (tracking.py) instead of Ray's
+            # output engine, which prints its header box even at verbose=0
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         path = self.path(name)
         if self.o.resume and self._can_restore(path):
             self.p(f"[merc] resuming {path}")
