@@ -149,7 +149,7 @@ from merc.sweep.cli import model_script_main
 spec, address, data, shipped = sys.argv[1:5]
 common = ["--spec", spec, "--study", "speaker", "--quick", "--epochs", "1", "--address", address,
           "--cpus-per-trial", "1", "--max-concurrent", "2"]
-rc1 = model_script_main("corect", common + ["--seeds", "0,1", "--data-dir", data,
+rc1 = model_script_main("corect", common + ["--seeds", "0", "--data-dir", data,
                                             "--experiment", "two-node-path"])
 shutil.rmtree(shipped, ignore_errors=True)   # the worker node must fetch the data again
 rc2 = model_script_main("corect", common + ["--seeds", "0", "--data-dir", "file://" + data,
@@ -160,13 +160,13 @@ sys.exit(rc1 or rc2)
 
 @pytest.mark.integration
 def test_two_node_cluster(tmp_path):
-    """A sweep over a head node (the driver's disk) and a worker node that cannot see the
-    driver's files: the worker runs in a private mount namespace with an empty tmpfs over the
-    driver's directory (dataset + the driver's cache), and with its own cache directory. Its
-    trials must open the dataset shipped through Ray's object store, given as a path, then as a
-    ``file://`` URI (the worker's copy deleted in between, so it is fetched again). Ray's results
-    directory stays visible to both nodes: it stands for the shared storage (s3://) of a real
-    cluster."""
+    """The topology of cluster/gpu.yaml on 127.0.0.1: the driver on a head node with no CPU for
+    trials, every trial on a worker node that cannot see the driver's files (it runs in a private
+    mount namespace with an empty tmpfs over the driver's directory: dataset + the driver's
+    cache, and has its own cache directory). The trials must open the dataset shipped through
+    Ray's object store, given as a path, then as a ``file://`` URI (the worker's copy deleted in
+    between, so it is fetched again). Ray's results directory stays visible to both nodes: it
+    stands for the shared storage (s3://) of a real cluster."""
     from merc.data.synthetic import synth
     hidden = tmp_path / "driver"
     data = hidden / "data"
@@ -182,15 +182,16 @@ def test_two_node_cluster(tmp_path):
                TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
     env.pop("RAY_ADDRESS", None)
     wenv = dict(env, MERC_CACHE=str(worker_cache), HOME=str(tmp_path / "worker_home"))
-    common = ["--num-cpus=1", "--dashboard-agent-listen-port=0", "--metrics-export-port=0",
+    common = ["--dashboard-agent-listen-port=0", "--metrics-export-port=0",
               "--disable-usage-stats"]
     try:
         subprocess.run([RAY, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                        f"--temp-dir={temp_dir}", "--include-dashboard=false", *common],
+                        f"--temp-dir={temp_dir}", "--include-dashboard=false", "--num-cpus=0",
+                        *common],
                        check=True, env=env, capture_output=True, timeout=180)
         worker = " ".join([RAY, "start", f"--address=127.0.0.1:{port}",
                            "--node-ip-address=127.0.0.1", "--resources",
-                           "'" + json.dumps({"node2": 1}) + "'", *common])
+                           "'" + json.dumps({"node2": 1}) + "'", "--num-cpus=2", *common])
         subprocess.run(prefix + ["sh", "-c", f"mount -t tmpfs none '{hidden}' && exec {worker}"],
                        check=True, env=wenv, capture_output=True, timeout=180)
         # the worker node's processes really do not see the driver's files
@@ -213,7 +214,7 @@ def test_two_node_cluster(tmp_path):
         fp = read_manifest(data).fingerprint
         assert (worker_cache / "shipped" / fp / "manifest.json").is_file()   # fetched again
         c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-        for exp_name, n, ds in (("two-node-path", 4, str(data)),
+        for exp_name, n, ds in (("two-node-path", 2, str(data)),
                                 ("two-node-uri", 2, f"file://{data}")):
             exp = c.get_experiment_by_name(exp_name)
             runs = c.search_runs([exp.experiment_id], "tags.`merc.stage` = 'speaker'")
@@ -221,7 +222,7 @@ def test_two_node_cluster(tmp_path):
             assert all(x.data.tags["merc.status"] == "completed" for x in runs), [
                 (x.data.tags.get("merc.status"), x.data.tags.get("merc.reason")) for x in runs]
             nodes = {x.data.tags.get("ray.node_id") for x in runs}
-            assert len(nodes) == 2, (exp_name, nodes)          # trials ran on both nodes
+            assert len(nodes) == 1 and None not in nodes, nodes   # the worker (the head: 0 CPU)
             parents = c.search_runs([exp.experiment_id], "tags.`merc.role` = 'parent'")
             assert len(parents) == 1 and parents[0].data.tags["merc.dataset"] == ds
     finally:

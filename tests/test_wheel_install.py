@@ -66,3 +66,8 @@ def test_wheel_installed_script_runs_a_study(tmp_path, ray_local):
     assert parent.data.params["spec_file"] == str(site / "merc" / "search_spaces" / "spcl.yaml")
     runs = c.search_runs([exp.experiment_id], "tags.`merc.stage` = 'pacing'")
     assert len(runs) == 4 and all(x.data.tags["merc.status"] == "completed" for x in runs)
+    # trial processes are reused (reuse_actors): 4 trials on 2 slots ran in at most 2 processes
+    import json
+    pids = {json.loads(ln)["pid"] for f in (tmp_path / "ray_results").glob("*/*/result.json")
+            for ln in f.read_text().splitlines() if ln.strip()}
+    assert 1 <= len(pids) <= 2, pids
