@@ -35,6 +35,10 @@ from merc.sweep.spec import (MODEL_KEY, SpecError, SweepSpec, check_study_name, 
                               split_point)
 
 log = logging.getLogger("merc.sweep")
+# Read by ray.tune at its import (so here, before it): the driver logs each epoch to MLflow from a
+# Tune callback, which on a loaded 2-CPU machine passes Ray's 0.5 s "performance bottleneck"
+# threshold now and then (benchmarks/bench_sweep.py measures the real overhead); warn past 5 s.
+os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_TRACKING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -525,10 +529,6 @@ class _Sweep:
         if self.o.verbose <= 1:   # our one line per trial event (tracking.py) instead of Ray's
             # output engine, which prints its header box even at verbose=0
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        # the driver logs each epoch to MLflow from a Tune callback: on a loaded 2-CPU machine
-        # that passes Ray's 0.5 s "performance bottleneck" threshold now and then (benchmarks/
-        # bench_sweep.py measures the real overhead); warn only past 5 s
-        os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
         path = self.path(name)
         if self.o.resume and self._can_restore(path):
             self.p(f"[merc] resuming {path}")
