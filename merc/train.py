@@ -25,7 +25,7 @@ from merc.config import ConfigError, ModelConfig, StrictConfig, build_config, ro
 from merc.data.dataset import Batch, DialogueSplit, MercData
 from merc.metrics import classification_metrics
 from merc.models import build_model, get_entry
-from merc.strategies import Strategy, build_strategy, strategy_config_cls
+from merc.strategies import Strategy, build_strategy, strategy_config_cls, strategy_keys
 
 
 class TrainConfig(StrictConfig):
@@ -89,6 +89,10 @@ def resolve_config(model: str, flat: dict[str, Any], family: str = "iemocap6",
     except KeyError as err:
         raise ConfigError(f"{source}: {err.args[0]}") from None
     sections = {"train": TrainConfig, "model": entry.config_cls, "strategy": scls}
+    # a paper default of another strategy (e.g. Ada2I's alpha under --set strategy=none) is
+    # inactive for this run and dropped; an override that sets one is still an error
+    inactive = strategy_keys(exclude=strategy) - set(scls.model_fields)
+    base = {k: v for k, v in base.items() if k.rpartition(".")[2] not in inactive}
     r0 = route_flat(base, sections, f"{model} paper defaults")
     r1 = route_flat(flat, sections, source)
     train = build_config(TrainConfig, r0["train"] | r1["train"], source)

@@ -381,3 +381,16 @@ def test_ada2i_beats_majority_clearly(small_dir):
                dropout=0.1, ada2i_start_epoch=1)
     maj = majority_wf1(data["train"].arrays.labels, data["test"].arrays.labels)
     assert res.best["test_wf1"] > maj + 15, (res.best, maj)
+
+
+def test_inactive_strategy_default_dropped_but_override_refused():
+    """MELD's paper alpha belongs to the ada2i strategy: dropped under strategy=none, kept
+    under ada2i, and setting it yourself with strategy=none is still an error naming the key."""
+    from merc.config import ConfigError
+    from merc.train import resolve_config
+    train, _ = resolve_config("ada2i", {}, "meld")
+    assert train.strategy == "ada2i" and train.strategy_config.ada2i_alpha == 0.4
+    train, _ = resolve_config("ada2i", {"strategy": "none"}, "meld")
+    assert train.strategy == "none"
+    with pytest.raises(ConfigError, match="ada2i_alpha"):
+        resolve_config("ada2i", {"strategy": "none", "ada2i_alpha": 0.3}, "meld")

@@ -96,9 +96,9 @@ class Ada2IConfig(ModelConfig):
         "iemocap6": _TRAIN | {"lr": 1.7e-4, "batch_size": 10, "epochs": 50, "hidden_size": 300,
                               "tensor_rank": 11, "afw_beta": 0.01},
         "meld": _TRAIN | {"lr": 1.2e-4, "batch_size": 10, "epochs": 50, "hidden_size": 200,
-                          "tensor_rank": 6, "afw_beta": 0.55},
+                          "tensor_rank": 6, "afw_beta": 0.55, "ada2i_alpha": 0.4},
         "mosei": _TRAIN | {"lr": 1.9e-4, "batch_size": 32, "epochs": 30, "hidden_size": 500,
-                           "tensor_rank": 10, "afw_beta": 0.2},
+                           "tensor_rank": 10, "afw_beta": 0.2, "ada2i_alpha": 0.4},
     }
 
 

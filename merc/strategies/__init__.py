@@ -39,6 +39,12 @@ def _load_all() -> None:
                 raise
 
 
+def strategy_keys(exclude: str = "none") -> set[str]:
+    """Every key of every registered strategy except ``exclude``'s (to drop inactive defaults)."""
+    _load_all()
+    return {k for n, (_, c) in STRATEGIES.items() if n != exclude for k in c.model_fields}
+
+
 def strategy_config_cls(name: str) -> type[StrictConfig]:
     _load_all()
     if name not in STRATEGIES:
@@ -56,4 +62,5 @@ def build_strategy(name: str, config: Optional[StrictConfig] = None) -> Strategy
     return cls() if cls is Strategy else cls(config or cfg_cls())
 
 
-__all__ = ["Strategy", "STRATEGIES", "register_strategy", "build_strategy", "strategy_config_cls"]
+__all__ = ["Strategy", "STRATEGIES", "register_strategy", "build_strategy", "strategy_config_cls",
+           "strategy_keys"]
