@@ -8,6 +8,13 @@ Threads: the fits run with ``threads=1``, the setting of a sweep trial with the 
 ``--cpus-per-trial 1`` (Ray sets one thread per CPU of the trial), and the only reproducible one on
 a shared 2-core machine. A separate, interleaved measurement compares CORECT training steps at 1
 and at all torch threads on the same batches.
+
+CORECT side by side (issue 13): train epochs of the official-shaped step
+(:mod:`benchmarks.corect_official_shaped`, same parameter count) and of this project's CORECT with
+``kernels="modules"`` (the nn / PyG module path), ``"fused"`` (the default) and fused + bf16
+autocast, on the same shuffled batches, interleaved step by step (the order rotates every step),
+process CPU-seconds and wall per epoch, medians over epochs; plus a component profile (forward +
+backward of each part at the real batch shapes, module path vs fused path).
 """
 from __future__ import annotations
 
@@ -108,6 +115,162 @@ def thread_comparison(root: Path, n_steps: int, all_threads: int) -> dict:
             for th, v in times.items()}
 
 
+CORECT_VARIANTS = {"ours modules": {"kernels": "modules"}, "ours fused": {"kernels": "fused"},
+                   "ours fused+bf16": {"kernels": "fused", "autocast_bf16": True}}
+
+
+def _corect_steppers(root: Path) -> tuple[dict, list, int]:
+    """name -> step(batch) closures (model + Adam each), the data's train split and its size."""
+    from benchmarks.corect_official_shaped import OfficialShapedCorect
+    from merc.data.dataset import MercData
+    from merc.models import build_model
+    from merc.train import _per_utterance_loss, resolve_config
+    data = MercData(root)
+    train, _ = resolve_config("corect", {}, "iemocap6", source="benchmark")
+    steppers, counts = {}, {}
+
+    def make(model, loss_fn):
+        opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+        model.train()
+
+        def step(b):
+            loss = loss_fn(model, b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return step
+
+    def ours_loss(model, b):
+        keep = (b.labels != -100).float()
+        return (_per_utterance_loss(model(b), b, None) * keep).sum() / keep.sum()
+
+    torch.manual_seed(0)
+    off = OfficialShapedCorect(dict(data.meta.dims), data.meta.num_classes,
+                               max(data.meta.num_speakers, 1))
+    steppers["official-shaped"] = make(off, lambda m, b: m.loss(b))
+    counts["official-shaped"] = sum(p.numel() for p in off.parameters())
+    for name, over in CORECT_VARIANTS.items():
+        _, mcfg = resolve_config("corect", over, "iemocap6", source="benchmark")
+        torch.manual_seed(0)
+        model = build_model("corect", mcfg, data.meta)
+        steppers[name] = make(model, ours_loss)
+        counts[name] = sum(p.numel() for p in model.parameters())
+    return steppers, data["train"], counts
+
+
+def corect_side_by_side(root: Path, epochs: int, threads: int, log=print) -> dict:
+    """Train epochs of the official-shaped step vs ours, interleaved per step (see module doc)."""
+    torch.set_num_threads(threads)
+    steppers, split, counts = _corect_steppers(root)
+    names = list(steppers)
+    cpu = {n: [] for n in names}
+    wall = {n: [] for n in names}
+    gen = torch.Generator().manual_seed(0)
+    la0 = load_average()
+    for ep in range(epochs):
+        ec, ew = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        for i, b in enumerate(split.batches(10, True, gen)):
+            for n in names[i % len(names):] + names[:i % len(names)]:
+                with Clock() as c:
+                    steppers[n](b)
+                ec[n] += c.cpu
+                ew[n] += c.wall
+        for n in names:
+            cpu[n].append(ec[n])
+            wall[n].append(ew[n])
+        log(f"[train] side by side, {threads} thread(s), epoch {ep + 1}/{epochs}: " +
+            ", ".join(f"{n} {ec[n]:.1f} CPU-s" for n in names))
+    off = "official-shaped"
+    out = {"threads": threads, "epochs": epochs, "params": counts,
+           "load_average": {"start": la0, "end": load_average()},
+           "cpu_s_per_epoch": {n: summary(v) for n, v in cpu.items()},
+           "wall_s_per_epoch": {n: summary(v) for n, v in wall.items()},
+           "speedup_vs_official_cpu": {n: summary([a / b for a, b in zip(cpu[off], cpu[n])])
+                                       for n in names if n != off},
+           "speedup_vs_official_wall": {n: summary([a / b for a, b in zip(wall[off], wall[n])])
+                                        for n in names if n != off}}
+    return out
+
+
+def corect_components(root: Path, n_batches: int, reps: int = 2) -> dict:
+    """Forward + backward CPU ms per batch of each CORECT part, module path vs fused path."""
+    from merc.data.dataset import MercData
+    from merc.graphs import corect_graph
+    from merc.models import build_model
+    from merc.models.corect_fused import Bands, Packing, gt_banded, rgcn_banded, text_encoder_packed
+    from merc.train import resolve_config
+    torch.set_num_threads(1)
+    data = MercData(root)
+    _, mcfg = resolve_config("corect", {}, "iemocap6", source="benchmark")
+    torch.manual_seed(0)
+    model = build_model("corect", mcfg, data.meta).train()
+    h, M = mcfg.hidden_size, len(data.meta.modalities)
+    gen = torch.Generator().manual_seed(0)
+    batches = list(data["train"].batches(10, True, gen))[:n_batches]
+    enc = model.encoders["text"]
+    P, F_ = mcfg.window_past, mcfg.window_future
+
+    def text_mod(b):
+        enc["out"](enc["transformer"](b.features["text"], src_key_padding_mask=~b.mask))[
+            b.mask].sum().backward()
+
+    def text_fused(b):
+        pk = Packing(b.mask)
+        enc["out"](text_encoder_packed(enc["transformer"], pk.unpad(b.features["text"]), pk,
+                                       b.mask)).sum().backward()
+
+    def graph_mod(b):
+        U = int(b.lengths.sum())
+        x = torch.randn(M * U, h, requires_grad=True)
+        g = corect_graph(b.lengths, M, P, F_)
+        model.gt_norm(model.gt(model.rgcn(x, g.edge_index, g.edge_type), g.edge_index)
+                      ).sum().backward()
+
+    def graph_fused(b):
+        pk = Packing(b.mask)
+        x = torch.randn(M, pk.U, h, requires_grad=True)
+        bands = Bands(b.lengths, pk.N, P, F_, "paper", True)
+        y = gt_banded(model.gt, rgcn_banded(model.rgcn, x, pk, bands, True), pk, bands, True)
+        model.gt_norm(y.reshape(M * pk.U, -1)).sum().backward()
+
+    def pcm_mod(b):
+        xs = [torch.randn(*b.mask.shape, h, requires_grad=True) for _ in range(M)]
+        model.pcm(xs, [b.mask] * M, b.mask)[b.mask].sum().backward()
+
+    def pcm_fused(b):
+        pk = Packing(b.mask)
+        xs = [torch.randn(pk.U, h, requires_grad=True) for _ in range(M)]
+        model.pcm.forward_packed(xs, [b.mask] * M, b.mask, pk).sum().backward()
+
+    twin = build_model("corect", mcfg.model_copy(update={"kernels": "modules"}), data.meta).train()
+    twin.load_state_dict(model.state_dict())
+
+    def whole(m):
+        def f(b):
+            m(b).logits[b.mask].sum().backward()
+        return f
+
+    parts = {"text Transformer": (text_mod, text_fused),
+             "RGCN + Graph Transformer + BN": (graph_mod, graph_fused),
+             "P-CM": (pcm_mod, pcm_fused),
+             "whole forward+backward": (whole(twin), whole(model))}
+    res = {}
+    for name, (fa, fb) in parts.items():
+        ta, tb = [], []
+        fa(batches[0])
+        fb(batches[0])
+        for _ in range(reps):
+            for b in batches:
+                for f, acc in ((fa, ta), (fb, tb)):
+                    with Clock() as c:
+                        f(b)
+                    acc.append(c.cpu * 1e3)
+                    model.zero_grad(set_to_none=True)
+                    twin.zero_grad(set_to_none=True)
+        res[name] = {"modules_ms": summary(ta), "fused_ms": summary(tb)}
+    return res
+
+
 def run(ctx: Context) -> dict:
     from merc.models import model_names
     la0 = load_average()
@@ -152,7 +315,34 @@ def run(ctx: Context) -> dict:
         ctx.log("[train] CORECT steps, 1 vs all threads, interleaved ...")
         thr = thread_comparison(root, 3, default_threads)
         ms.update(thr)
+    ctx.log("[train] CORECT side by side with the official-shaped step ...")
+    sbs = [corect_side_by_side(root, 1 if ctx.quick else 3, 1, ctx.log)]
+    if not ctx.quick and default_threads > 1:
+        sbs.append(corect_side_by_side(root, 2, default_threads, ctx.log))
+    torch.set_num_threads(default_threads)
+    sbs_rows = []
+    for r in sbs:
+        for n, c in r["cpu_s_per_epoch"].items():
+            sp_c = r["speedup_vs_official_cpu"].get(n, {}).get("median", 1.0)
+            sp_w = r["speedup_vs_official_wall"].get(n, {}).get("median", 1.0)
+            sbs_rows.append([n, r["threads"], f"{r['params'][n]:,}", f"{c['median']:.1f}",
+                             f"{r['wall_s_per_epoch'][n]['median']:.1f}", f"{sp_c:.2f}x",
+                             f"{sp_w:.2f}x", f"{r['load_average']['start']} -> "
+                                             f"{r['load_average']['end']}"])
+            ms[f"corect side by side threads={r['threads']} {n} CPU-s per train epoch"] = c
+    ctx.log("[train] CORECT component profile (module path vs fused path) ...")
+    comp = corect_components(root, 2 if ctx.quick else 4, 1 if ctx.quick else 2)
+    torch.set_num_threads(default_threads)
+    comp_rows = [[n, f"{v['modules_ms']['median']:.0f}", f"{v['fused_ms']['median']:.0f}",
+                  f"{v['modules_ms']['median'] / v['fused_ms']['median']:.2f}x"]
+                 for n, v in comp.items()]
     targets = []
+    fused1 = sbs[0]["speedup_vs_official_cpu"]["ours fused"]["median"]
+    targets.append(target("CORECT train epoch vs the official-shaped step (CPU-s, 1 thread, "
+                          "fp32, same numerics)", ">= 3x", round(fused1, 2), fused1 >= 3.0,
+                          "kernels=fused (default); bf16 autocast: " + str(round(
+                              sbs[0]["speedup_vs_official_cpu"]["ours fused+bf16"]["median"],
+                              2)) + "x (numerics differ, off by default)"))
     cor = next((r for r in results if r["model"] == "corect"), None)
     if cor:
         g = cor["step_share_wall"]["graph"]
@@ -183,7 +373,17 @@ def run(ctx: Context) -> dict:
                     "columns": ["model", "params", "epoch s", "train s", "eval s", "step s",
                                 "graph", "forward", "backward", "optimizer", "batching", "other",
                                 "graph cache hits"],
-                    "rows": rows}],
+                    "rows": rows},
+                   {"title": "CORECT train epoch side by side (interleaved per step; medians "
+                             "over epochs; speed-up = median of paired per-epoch ratios)",
+                    "columns": ["variant", "threads", "params", "CPU-s / epoch", "wall s / epoch",
+                                "speed-up CPU", "speed-up wall", "load average"],
+                    "rows": sbs_rows},
+                   {"title": "CORECT component profile, forward + backward CPU ms per batch of "
+                             "10 (1 thread, medians)",
+                    "columns": ["part", "module path", "fused path", "speed-up"],
+                    "rows": comp_rows}],
+        "corect_side_by_side": sbs, "corect_components": comp,
         "models": results, "errors": errors, "targets": targets, "notes": notes,
         "load_average": {"start": la0, "end": load_average()},
     }

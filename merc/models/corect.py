@@ -88,8 +88,8 @@ class CorectConfig(ModelConfig):
     # transformers and the banded RGCN / Graph Transformer of ``merc.models.corect_fused``, equal to
     # "modules" (the nn / PyG modules on padded batches and the edge list) up to float rounding.
     kernels: Literal["fused", "modules"] = "fused"
-    # bf16 autocast of the matmuls on CPU: faster on CPUs with AVX512-BF16 / AMX, changes numerics
-    # (off by default; see benchmarks/README.md for its validation w-F1 against fp32).
+    # bf16 autocast of the matmuls: faster on CPUs with AVX512-BF16 / AMX but changes numerics, so
+    # off by default (``python -m benchmarks run --only train`` times it against fp32).
     autocast_bf16: bool = False
 
     # Appendix A.3 + Fig. 4 (best [P, F] = [11, 9] on IEMOCAP-6; the official run_train.sh uses

@@ -16,8 +16,8 @@ logits and gradients to 1e-5):
   features (one batched matmul), and the sum over relations of ``mean_r(x) W_r`` is one matmul of
   the concatenated means with the stacked weights.
 * **Banded Graph Transformer** (eqs. 8-9). The attention logits ``q_i . k_j / sqrt(C)`` of all edges
-  come from one batched ``Q K^T`` per (modality, dialogue, head), masked to the band, concatenated with
-  the cross-modal logits of the same utterance, and normalised by one softmax per receiving node:
+  come from one batched ``Q K^T`` per (modality, dialogue, head), masked to the band, concatenated
+  with the cross-modal logits of the same utterance, and normalised by one softmax per receiving node:
   exactly PyG ``TransformerConv``'s softmax over the incoming edges, without materialising the
   ``[E, heads, C]`` query / key / value gathers (90 MB per IEMOCAP batch, the old hot spot).
 
@@ -62,12 +62,15 @@ class Packing:
 def packed_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
                      dropout_p: float) -> torch.Tensor:
     """Multi-head softmax(Q K^T / sqrt(d_h)) V per dialogue; ``qkv`` packed [U, 3d] (projected
-    queries | keys | values), ``key_mask`` [B, N] (True = may be attended). Returns packed [U, d]."""
+    queries | keys | values), ``key_mask`` [B, N] (True = may be attended). Returns [U, d]."""
     d = qkv.shape[-1] // 3
-    x = pk.pad(qkv).view(pk.B, pk.N, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    o = F.scaled_dot_product_attention(x[0], x[1], x[2], attn_mask=key_mask[:, None, None, :],
-                                       dropout_p=dropout_p)
+    x = pk.pad(qkv.float()).view(pk.B, pk.N, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+    # under bf16 autocast the scores stay fp32 (small; the CPU bf16 SDPA backward is slow)
+    with torch.autocast(x.device.type, enabled=False):
+        o = F.scaled_dot_product_attention(x[0], x[1], x[2], attn_mask=key_mask[:, None, None, :],
+                                           dropout_p=dropout_p)
     return pk.unpad(o.transpose(1, 2)).reshape(pk.U, d)
+
 
 
 def mha_packed(attn: nn.MultiheadAttention, q: torch.Tensor, kv: Optional[torch.Tensor],
@@ -86,7 +89,7 @@ def mha_packed(attn: nn.MultiheadAttention, q: torch.Tensor, kv: Optional[torch.
 
 def text_encoder_packed(enc: nn.TransformerEncoder, x: torch.Tensor, pk: Packing,
                         key_mask: torch.Tensor) -> torch.Tensor:
-    """``nn.TransformerEncoder`` of post-norm layers (``norm_first=False``) on packed ``x`` [U, d]."""
+    """``nn.TransformerEncoder`` of post-norm layers (``norm_first=False``) on packed [U, d]."""
     for layer in enc.layers:
         if layer.norm_first:
             raise ValueError("text_encoder_packed: expects post-norm layers (norm_first=False)")
@@ -173,9 +176,16 @@ def gt_banded(gt, x: torch.Tensor, pk: Packing, bands: Bands, use_multi: bool) -
                          "edge_dim=None)")
     M, U = x.shape[:2]
     H, C = gt.heads, gt.out_channels
-    q = gt.lin_query(x).view(M, U, H, C)
-    k = gt.lin_key(x).view(M, U, H, C)
-    v = gt.lin_value(x).view(M, U, H, C)
+    q = gt.lin_query(x).view(M, U, H, C).float()
+    k = gt.lin_key(x).view(M, U, H, C).float()
+    v = gt.lin_value(x).view(M, U, H, C).float()
+    with torch.autocast(x.device.type, enabled=False):   # scores in fp32 under autocast
+        out = _gt_attention(q, k, v, pk, bands, use_multi)
+    return out + gt.lin_skip(x)
+
+
+def _gt_attention(q, k, v, pk: Packing, bands: Bands, use_multi: bool) -> torch.Tensor:
+    M, U, H, C = q.shape
     scale = 1.0 / math.sqrt(C)
     qp, kp, vp = (pk.pad(t, lead=1).permute(0, 1, 3, 2, 4) for t in (q, k, v))  # [M,B,H,N,C]
     band = bands.mask(bands.lo, bands.hi)                              # [B, N, N]
@@ -198,5 +208,4 @@ def gt_banded(gt, x: torch.Tensor, pk: Packing, bands: Bands, use_multi: bool) -
         px = p[..., N:]
         out = out + torch.stack([sum(px[t, ..., l, None] * vp[l] for l in range(M) if l != t)
                                  for t in range(M)])
-    out = pk.unpad(out.permute(0, 1, 3, 2, 4), lead=1).reshape(M, U, H * C)
-    return out + gt.lin_skip(x)
+    return pk.unpad(out.permute(0, 1, 3, 2, 4), lead=1).reshape(M, U, H * C)
