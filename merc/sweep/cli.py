@@ -48,8 +48,9 @@ def add_run_arguments(p: argparse.ArgumentParser, with_spec: bool = True) -> Non
     g.add_argument("--search", action="store_true", help="the spec's Optuna search")
     p.add_argument("--dataset", help="dataset family / synthetic preset (iemocap6, meld, tiny) or "
                                      "a dataset spec (synthetic:iemocap6, a directory)")
-    p.add_argument("--data-dir", help="canonical dataset directory (or s3://, gs:// URI copied "
-                                      "once per node); default: synthetic data")
+    p.add_argument("--data-dir", help="canonical dataset directory on the driver's machine, "
+                                      "file:// or s3://, gs:// URI; shipped to every Ray node "
+                                      "through the object store; default: synthetic data")
     p.add_argument("--num-samples", type=int, help="search trials (default: the spec's)")
     p.add_argument("--epochs", type=int, help="override the epochs of every trial")
     p.add_argument("--seeds", type=_seeds, help="override a study's seeds, e.g. 0,1,2")
