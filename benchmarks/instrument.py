@@ -4,7 +4,8 @@ Inside :func:`instrumented` (a context manager) these are wrapped, and restored 
 
 * graph construction: every ``merc.graphs`` builder, both in ``merc.graphs`` and wherever a model
   module imported it by name (``from merc.graphs import corect_graph``); re-entrant calls (a
-  builder calling another) are charged once;
+  builder calling another) are charged once; CORECT's fused path builds its band masks in
+  ``merc.models.corect_fused.Bands`` (and ``Bands.mask``), charged as graph construction too;
 * batching: ``DialogueSplit.batch`` (padding a batch from the memory-mapped arrays);
 * forward: a forward pre/post hook on the model that ``fit`` builds (``merc.train.build_model``);
 * backward: ``torch.Tensor.backward``;
@@ -63,6 +64,16 @@ def instrumented(timer: PhaseTimer):
             if callable(val) and val in wrappers:
                 patched.append((mod, attr, val))
                 setattr(mod, attr, wrappers[val])
+
+    try:
+        from merc.models.corect_fused import Bands
+    except ImportError:
+        Bands = None
+    if Bands is not None:
+        for attr in ("__init__", "mask"):
+            fn = getattr(Bands, attr)
+            patched.append((Bands, attr, fn))
+            setattr(Bands, attr, graph_wrapper(fn))
 
     orig_batch = DialogueSplit.batch
 

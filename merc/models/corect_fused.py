@@ -17,7 +17,8 @@ logits and gradients to 1e-5):
   the concatenated means with the stacked weights.
 * **Banded Graph Transformer** (eqs. 8-9). The attention logits ``q_i . k_j / sqrt(C)`` of all edges
   come from one batched ``Q K^T`` per (modality, dialogue, head), masked to the band, concatenated
-  with the cross-modal logits of the same utterance, and normalised by one softmax per receiving node:
+  with the cross-modal logits of the same utterance, and normalised by one softmax per receiving
+  node:
   exactly PyG ``TransformerConv``'s softmax over the incoming edges, without materialising the
   ``[E, heads, C]`` query / key / value gathers (90 MB per IEMOCAP batch, the old hot spot).
 
