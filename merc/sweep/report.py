@@ -176,7 +176,8 @@ def plot_study(tab: pd.DataFrame, study, out_dir: Path, data: str = "",
     """Heatmap for 2-D studies (rows = first axis, cols = second: P x F like Fig. 4); lines with
     error bars for 1-D axes; error bars over named points. ``data`` (what the data are) goes
     under the title; ``baseline`` (majority w-F1) is a dashed line / a colourbar mark."""
-    title = study.title + (f"\n{data}" if data else "")
+    import textwrap
+    title = "\n".join(textwrap.wrap(study.title, 60) + textwrap.wrap(data, 60))
     floor = (baseline or {}).get("test")
     import matplotlib
     matplotlib.use("Agg")
@@ -189,7 +190,8 @@ def plot_study(tab: pd.DataFrame, study, out_dir: Path, data: str = "",
         for _, r in tab.iterrows():
             i, j = va.index(r[ka]), vb.index(r[kb])
             grid[i, j] = r.test_mean
-        fig, ax = plt.subplots(figsize=(1.0 + 0.55 * len(vb) + 2, 1.0 + 0.45 * len(va) + 1))
+        fig, ax = plt.subplots(figsize=(max(5.5, 1.0 + 0.55 * len(vb) + 2),
+                                        1.0 + 0.45 * len(va) + 1.6))
         im = ax.imshow(grid, cmap="viridis", origin="lower", aspect="auto")
         ax.set_xticks(range(len(vb)), [str(v) for v in vb])
         ax.set_yticks(range(len(va)), [str(v) for v in va])
