@@ -148,6 +148,7 @@ def test_fidelity_switches_run(name, kw, small):
     out.logits[batch.mask].sum().backward()
     missing = {n for n, p in model.named_parameters() if p.grad is None}
     assert missing == (UNUSED[name] if cfg.encoder == "released" else set()), missing
+    assert model.unused_parameters() == missing
 
 
 # ---- the released networks' sizes (SPCL code at its defaults: batch 16, a512 / t768 / v1024,

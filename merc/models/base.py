@@ -35,6 +35,11 @@ class MercModel(nn.Module):
         self.config = config
         self.meta = meta
 
+    def unused_parameters(self) -> set[str]:
+        """Names of parameters the released network creates but never uses: they count in the
+        parameter total (pinned against the release) and never get a gradient."""
+        return set()
+
     def forward(self, batch: Batch) -> Output:  # pragma: no cover - abstract
         raise NotImplementedError
 

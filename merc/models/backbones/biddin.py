@@ -120,6 +120,14 @@ class BiDDIN(MercModel):
         self.out = nn.ModuleDict({m: nn.Linear(h, meta.num_classes) for m in self.modalities})
         self.drop = nn.Dropout(cfg.dropout)
 
+    def unused_parameters(self) -> set[str]:
+        """The released per-modality ``uni_fc`` and the attention's query ``transform``."""
+        if self.config.encoder != "released":
+            return set()
+        mods = ("audio", "text", "visual")
+        return ({f"bimodel.{m}.transform.weight" for m in mods}
+                | {f"uni_fc.{m}.{p}" for m in mods for p in ("weight", "bias")})
+
     def forward(self, batch: Batch) -> Output:
         if self.released:
             return self._forward_released(batch)

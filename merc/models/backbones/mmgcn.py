@@ -164,6 +164,11 @@ class MMGCN(MercModel):
         """MMGCN's per-modality ``uni_fc``: Linear([encoder ; graph] -> C)."""
         return nn.ModuleDict({m: nn.Linear(d + h, num_classes) for m in self.modalities})
 
+    def unused_parameters(self) -> set[str]:
+        """The released speaker table is created and never applied (see the module docstring)."""
+        released = self.config.encoder == "released"
+        return {"graph.speaker.weight"} if released and not self.graph.use_speaker else set()
+
     def forward(self, batch: Batch) -> Output:
         nodes, adj = self.graph(batch)
         x = self.drop(nodes)                                         # GCNII_lyc's input dropout
