@@ -509,3 +509,186 @@ def run_efficiency(ctx: Context) -> dict:
 
 def ctx_shared(ctx: Context) -> dict:
     return getattr(ctx, "shared", {}) or {}
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep throughput: the user's commands, this tree against an earlier commit, side by side
+#
+#   python -m benchmarks.bench_sweep throughput [--before REV] [--reps N] [--samples 32]
+#
+# Both sides run the spec of REV (search_spaces/corect.yaml there), so that they run the same
+# trials; without --before, this tree's spec.
+# Each run is `sweeps/corect.py` in a subprocess (a fresh local Ray with 2 CPUs = 2 slots), once
+# for the quick window study and once for a --quick search of `--samples` trials; "before" runs
+# the same command on the sources of REV (git archive: merc/, sweeps/, search_spaces/ first on
+# PYTHONPATH), interleaved with "after" so that both see the same machine load. Per run: the wall
+# time of the whole command, the driver's phases (DriverTimers), each trial's start and end (Ray's
+# result.json), the CPU-seconds of the command's process tree (driver, Ray, trial workers; sampled
+# every 0.5 s), and the load average. Target (issue 13): wall <= 1.15 x (sum of trial times /
+# slots) + Ray start.
+
+THROUGHPUT_TARGET = 1.15
+
+
+def _code_dir(rev: Optional[str], work: Path) -> Path:
+    """The sources of ``rev`` (None: this working tree) as a PYTHONPATH entry."""
+    from benchmarks.common import REPO
+    if rev is None:
+        return REPO
+    import subprocess
+    out = work / f"src-{rev}"
+    if not (out / "merc").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        arch = subprocess.run(["git", "archive", rev, "merc", "sweeps", "search_spaces"],
+                              cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(out)], input=arch, check=True)
+    return out
+
+
+def _trial_spans(sweep_dir: Path) -> list[dict]:
+    spans = []
+    for f in sweep_dir.glob("*/result.json"):
+        rs = [json.loads(ln) for ln in open(f) if ln.strip()]
+        rs = [r for r in rs if "time_total_s" in r]
+        if not rs:
+            continue
+        end = rs[-1]["timestamp"]
+        spans.append({"trial": f.parent.name, "pid": rs[-1].get("pid"),
+                      "start": end - rs[-1]["time_total_s"], "end": end,
+                      "time_s": rs[-1]["time_total_s"]})
+    return sorted(spans, key=lambda s: s["start"])
+
+
+def _timed_cli(out_json: str, script: str, argv: list[str]) -> int:
+    """Subprocess side: run a sweep script's main under DriverTimers, write phases to JSON."""
+    t0 = time.time()
+    from merc.sweep.cli import model_script_main
+    import merc
+    t_imp = time.time() - t0
+    with DriverTimers() as t:
+        rc = model_script_main(Path(script).stem, argv)
+    Path(out_json).write_text(json.dumps({"rc": rc, "import_s": t_imp, "phases": dict(t.wall),
+                                          "merc": merc.__file__}))
+    return rc
+
+
+def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) -> dict:
+    import subprocess
+    import sys
+    import psutil
+    from benchmarks.common import REPO
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), str(REPO)]),
+               RAY_AUTH_MODE="disabled", TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S="0")
+    env.pop("RAY_ADDRESS", None)
+    out_json = work / "phases.json"
+    cmd = [sys.executable, "-m", "benchmarks.bench_sweep", "_timed", str(out_json),
+           str(code / "sweeps" / "corect.py"), "--spec", str(spec),
+           *argv, "--num-cpus", "2", "--storage", str(work / "ray_results"), "--name", "bench",
+           "--mlflow-uri", f"sqlite:///{work / 'mlflow.db'}", "--verbose", "0"]
+    la0 = load_average()
+    t0 = time.time()
+    p = subprocess.Popen(cmd, cwd=work, env=env, stdout=open(work / "out.txt", "w"),
+                         stderr=subprocess.STDOUT)
+    root, cpu = psutil.Process(p.pid), {}
+    while p.poll() is None:
+        try:
+            procs = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            procs = []
+        for q in procs:
+            try:
+                ct = q.cpu_times()
+                cpu[q.pid] = max(cpu.get(q.pid, 0.0), ct.user + ct.system)
+            except psutil.Error:
+                pass
+        time.sleep(0.5)
+    wall = time.time() - t0
+    if p.returncode != 0:
+        raise RuntimeError(f"{label}: exit {p.returncode}; see {work / 'out.txt'}")
+    ph = json.loads(out_json.read_text())
+    spans = _trial_spans(work / "ray_results" / "bench")
+    tsum = sum(s["time_s"] for s in spans)
+    slots = 2
+    ray_start = ph["phases"].get("runner.start_ray", 0.0)
+    fit = ph["phases"].get("runner.run_stage", 0.0)
+    first, last = min(s["start"] for s in spans), max(s["end"] for s in spans)
+    _cleanup(work)
+    shutil.rmtree(work / "ray_results", ignore_errors=True)
+    return {"label": label, "merc": ph["merc"], "trials": len(spans), "wall_s": wall,
+            "sum_trial_s": tsum, "slots": slots, "ideal_s": tsum / slots,
+            "target_s": THROUGHPUT_TARGET * tsum / slots + ray_start,
+            "ratio_wall_minus_ray_start": (wall - ray_start) / (tsum / slots),
+            "fit_s": fit, "ratio_fit": fit / (tsum / slots),
+            "trials_span_s": last - first, "ratio_trials_span": (last - first) / (tsum / slots),
+            "ray_start_s": ray_start, "import_s": ph["import_s"],
+            "phases_s": {k: round(v, 2) for k, v in ph["phases"].items()
+                         if k.startswith("runner.")},
+            "workers": len({s["pid"] for s in spans}),
+            "cpu_s": sum(cpu.values()), "cpu_s_per_trial": sum(cpu.values()) / len(spans),
+            "trials_per_hour": 3600 * len(spans) / wall,
+            "trials_per_cpu_hour": 3600 * len(spans) / max(sum(cpu.values()), 1e-9),
+            "load_average": {"start": la0, "end": load_average()}}
+
+
+def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
+                   samples: int = 32) -> dict:
+    """Quick study + a ``samples``-trial quick search, this tree vs ``before`` (interleaved)."""
+    la0 = load_average()
+    work = ctx.tmp(f"throughput-{int(time.time())}")
+    sides = [("after", _code_dir(None, work))]
+    if before:
+        sides.insert(0, ("before", _code_dir(before, work)))
+    # one workload for both sides: the spec of the earlier revision (the quick budgets change)
+    spec = sides[0][1] / "search_spaces" / "corect.yaml"
+    loads = {"study": ["--study", "window", "--quick"],
+             "search": ["--search", "--quick", "--num-samples", str(samples)]}
+    runs = []
+    for rep in range(reps):
+        for wl, argv in loads.items():
+            for side, code in sides:
+                ctx.log(f"[sweep_throughput] {wl} {side} (rep {rep + 1}/{reps}) ...")
+                r = _one_run(side, code, argv, work / f"{wl}-{side}-{rep}", spec)
+                r["workload"] = wl
+                ctx.log(f"  wall {r['wall_s']:.1f}s, trials {r['trials']} sum {r['sum_trial_s']:.1f}s"
+                        f" -> target {r['target_s']:.1f}s; fit {r['fit_s']:.1f}s "
+                        f"(x{r['ratio_fit']:.2f}); {r['trials_per_hour']:.0f} trials/h; "
+                        f"CPU {r['cpu_s']:.0f}s; load {r['load_average']}")
+                runs.append(r)
+    rows = [[r["workload"], r["label"], r["trials"], f"{r['wall_s']:.1f}", f"{r['sum_trial_s']:.1f}",
+             f"{r['target_s']:.1f}", f"{r['fit_s']:.1f} (x{r['ratio_fit']:.2f})",
+             f"{r['trials_span_s']:.1f} (x{r['ratio_trials_span']:.2f})", f"{r['ray_start_s']:.1f}",
+             r["workers"], f"{r['trials_per_hour']:.0f}", f"{r['cpu_s']:.0f}",
+             f"{r['trials_per_cpu_hour']:.0f}", str(r["load_average"]["start"])] for r in runs]
+    return {"description": "quick study + quick search on a local 2-CPU Ray, before/after",
+            "setup": {"before": before, "reps": reps, "search_samples": samples, "slots": 2,
+                      "spec": str(spec)},
+            "runs": runs,
+            "tables": [{"title": "Sweep throughput (2 slots)",
+                        "columns": ["workload", "code", "trials", "wall s", "sum trial s",
+                                    "target s", "Tune fit s (x ideal)", "first start..last end "
+                                    "(x ideal)", "Ray start s", "worker procs", "trials/h",
+                                    "CPU s", "trials/CPU-h", "load"], "rows": rows}],
+            "load_average": {"start": la0, "end": load_average()}}
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) > 1 and sys.argv[1] == "_timed":
+        sys.exit(_timed_cli(sys.argv[2], sys.argv[3], sys.argv[4:]))
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_sweep")
+    ap.add_argument("what", choices=["throughput"])
+    ap.add_argument("--before", help="git revision to compare against (e.g. 0b17c75)")
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--samples", type=int, default=32)
+    ap.add_argument("--out", help="write the section as JSON here")
+    a = ap.parse_args()
+    from benchmarks.common import Context as _C
+    res = run_throughput(_C(quick=True, out_dir=Path(".")), a.before, a.reps, a.samples)
+    for t in res["tables"]:
+        print("| " + " | ".join(t["columns"]) + " |")
+        for row in t["rows"]:
+            print("| " + " | ".join(str(x) for x in row) + " |")
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=1, default=str))
