@@ -246,3 +246,17 @@ def test_autocast_bf16_trains(tiny):
     _check(out, batch)
     out.logits[batch.mask].sum().backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+def test_official_shaped_benchmark_step_has_our_parameter_count(tiny):
+    """The speed reference of ``python -m benchmarks run --only train`` is the same size as ours."""
+    from benchmarks.corect_official_shaped import OfficialShapedCorect
+    off = OfficialShapedCorect({"audio": 100, "text": 768, "visual": 512}, 6)
+    assert sum(p.numel() for p in off.parameters()) == 17_703_074
+    data, batch = _batch(tiny, "ATV")
+    torch.manual_seed(0)
+    small = OfficialShapedCorect(dict(data.meta.dims), data.meta.num_classes, hidden=8,
+                                 window=(2, 1), gt_heads=2)
+    loss = small.loss(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and small.lin1.weight.grad is not None
