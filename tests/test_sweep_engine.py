@@ -211,8 +211,15 @@ def test_interrupt_and_resume(ray_local, tmp_path, monkeypatch, sig):
     proc = subprocess.Popen([sys.executable, SCRIPT, "--spec", SPEC, *args,
                              "--address", ray_local["address"]], cwd=tmp_path, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
+    killed_worker, own = None, set()
     try:
         done_before = _wait_children(uri, "corect-speaker", 1)
+        if sig == signal.SIGKILL:
+            # a killed trial worker: Ray retries the trial (--retries 1), MLflow counts attempts
+            killed_worker = _trial_pids(tmp_path)[-1]
+            os.kill(killed_worker, signal.SIGKILL)
+            _wait_children(uri, "corect-speaker", 2)
+            own = set(_trial_pids(tmp_path)) - {killed_worker}   # this driver's workers
         proc.send_signal(sig)
         rc = proc.wait(timeout=120)
     finally:
@@ -235,10 +242,47 @@ def test_interrupt_and_resume(ray_local, tmp_path, monkeypatch, sig):
     for r in children:
         assert r.info.status == "FINISHED" and r.data.tags["merc.status"] == "completed"
         steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_wf1")]
-        assert sorted(steps) == [1, 2, 3], steps                  # no epoch logged twice
+        epochs = int(r.data.params["epochs"])
+        assert sorted(steps) == list(range(1, epochs + 1)), steps   # no epoch logged twice
         tid = r.data.tags["ray.trial_id"]
         if tid in before:
             assert r.info.end_time == before[tid]                # finished trial not rerun
+    attempts = sorted(int(r.data.tags["merc.attempts"]) for r in children)
+    if sig == signal.SIGKILL:
+        assert attempts[-1] == 2 and attempts[:-1] == [1, 1, 1], attempts   # the retried one
+        # the killed driver's trial workers went with it: no orphaned Ray processes of its own
+        assert own and not [p for p in own if _alive(p)], own
+    else:
+        assert attempts == [1, 1, 1, 1], attempts
+
+
+def _trial_pids(tmp_path) -> list:
+    """Worker pids of the trials so far, from the results Tune logged (oldest first)."""
+    import json
+    pids = []
+    for f in sorted((tmp_path / "ray_results").glob("resume-me/*/result.json"),
+                    key=lambda f: f.stat().st_mtime):
+        for line in f.read_text().splitlines():
+            pid = json.loads(line).get("pid") if line.strip() else None
+            if pid and pid not in pids:
+                pids.append(pid)
+    return pids
+
+
+def _alive(pid: int, grace: float = 20.0) -> bool:
+    t0 = time.time()
+    while time.time() - t0 < grace:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:    # a zombie is dead: reaped by its parent later
+            if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                return False
+        except OSError:
+            return False
+        time.sleep(0.5)
+    return True
 
 
 def _free_port() -> int:
