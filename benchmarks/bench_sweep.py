@@ -632,7 +632,7 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
 
 
 def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
-                   samples: int = 32) -> dict:
+                   samples: int = 32, workloads: tuple[str, ...] = ("study", "search")) -> dict:
     """Quick study + a ``samples``-trial quick search, this tree vs ``before`` (interleaved)."""
     la0 = load_average()
     work = ctx.tmp(f"throughput-{int(time.time())}")
@@ -643,6 +643,7 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
     spec = sides[0][1] / "search_spaces" / "corect.yaml"
     loads = {"study": ["--study", "window", "--quick"],
              "search": ["--search", "--quick", "--num-samples", str(samples)]}
+    loads = {k: v for k, v in loads.items() if k in workloads}
     runs = []
     for rep in range(reps):
         for wl, argv in loads.items():
@@ -683,9 +684,11 @@ if __name__ == "__main__":
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--out", help="write the section as JSON here")
+    ap.add_argument("--workloads", default="study,search", help="study, search or both")
     a = ap.parse_args()
     from benchmarks.common import Context as _C
-    res = run_throughput(_C(quick=True, out_dir=Path(".")), a.before, a.reps, a.samples)
+    res = run_throughput(_C(quick=True, out_dir=Path(".")), a.before, a.reps, a.samples,
+                         tuple(a.workloads.split(",")))
     for t in res["tables"]:
         print("| " + " | ".join(t["columns"]) + " |")
         for row in t["rows"]:
