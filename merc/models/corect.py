@@ -41,6 +41,11 @@ Choices where the paper is silent or ambiguous (each is also noted at the code):
   and P-CM (a dialogue whose whole modality is missing falls back to its real utterances).
 * eta (speaker ratio) is not reported in the paper (only eta in [0, 1]); the official code adds the
   embedding unscaled, so the default is 1.0.
+
+Computation (not a hyperparameter): ``kernels="fused"`` (default) evaluates the same modules without
+padding and without per-edge tensors (``merc.models.corect_fused``; equal to ``kernels="modules"``,
+the nn / PyG module path, to 1e-5 on logits and gradients); ``autocast_bf16`` trades numerics for
+speed on CPUs with bf16 units and is off by default.
 """
 from __future__ import annotations
 
