@@ -8,7 +8,7 @@ Order of work (each step fails before the next starts):
    manifest; after Ray starts, the dataset is shipped to every node through the object store
    (:mod:`merc.sweep.datashipping`);
 3. check MLflow (an unreachable ``--mlflow-uri`` stops here, exit 3), create the experiment and
-   the parent run (or find it again on ``--resume``), in a thread that overlaps step 4's start;
+   the parent run (or find it again on ``--resume``);
 4. start or join Ray, build the Tuner (studies: the grid x seeds in a fixed order, no pruning;
    searches: :class:`OptunaSearcher` + :class:`OptunaPruningScheduler` or ASHA) or restore it;
 5. after ``fit``: an interrupted sweep (SIGINT) exits 130 with the resume command; a finished one
@@ -391,23 +391,6 @@ class _Sweep:
             ray.init(num_cpus=self.o.num_cpus, log_to_driver=self.o.verbose > 1,
                      include_dashboard=False)
 
-    def tracking_and_ray(self) -> None:
-        """Steps 3 and 4 at once: MLflow's set-up (on a fresh sqlite store, seconds of schema
-        migrations) runs in a thread while this one starts Ray (mostly waiting for Ray's
-        processes). A tracking server is checked first: an unreachable one fails before Ray."""
-        from concurrent.futures import ThreadPoolExecutor
-        from merc.sweep.tracking import check_tracking
-        if not self.tracking_uri.startswith("sqlite:"):
-            check_tracking(self.tracking_uri)
-        with ThreadPoolExecutor(1, thread_name_prefix="merc-tracking") as ex:
-            fut = ex.submit(self.setup_tracking)
-            try:
-                self.start_ray()        # ray.init stays on the main thread (signal handlers)
-            finally:
-                err = fut.exception()   # waits for the set-up either way
-        if err is not None:
-            raise err
-
     def _can_restore(self, path: str) -> bool:
         from ray import tune
         try:
@@ -717,7 +700,8 @@ class _Sweep:
         self.counts: dict = {}
         self.trials_s = 0.0
         self.prepare()
-        self.tracking_and_ray()
+        self.setup_tracking()
+        self.start_ray()
         self.p(f"[merc] sweep {self.name}: {'/'.join(self.study_models())} {self.kind} on "
                f"{self.dataset} "
                f"({self.data_root}), {self.epochs} epochs, storage {self.path()}")
