@@ -160,9 +160,6 @@ def resolve_dataset(spec: SweepSpec, opts: SweepOptions) -> tuple[str, Path]:
     return ds, Path(root)
 
 
-def _label(ds: str) -> str:
-    return ds.replace("synthetic:", "syn-").replace(":", "-").rstrip("/").split("/")[-1]
-
 def check_options(o: SweepOptions) -> None:
     """Numeric command-line options in range (before the spec, the data and Ray): one
     SpecError (exit 2) naming the option, what it must be and what was given."""
@@ -197,6 +194,9 @@ def reserve_name(storage: str, name: str) -> str:
             continue
     raise SpecError(f"--storage {storage}: 999 sweeps named {name}-*; pass --name")
 
+
+def _label(ds: str) -> str:
+    return ds.replace("synthetic:", "syn-").replace(":", "-").rstrip("/").split("/")[-1]
 
 
 def full_flat(model: str, flat: dict, family: str, source: str) -> dict:
