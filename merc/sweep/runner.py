@@ -790,6 +790,7 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         text = " ".join(str(err).split())[:500]
         _close_parent(sweep, kind, f"{type(err).__name__}: {text}" if text
                       else type(err).__name__)
+        _release_name(sweep)
         raise
     finally:
         if prev is not None:
@@ -798,6 +799,16 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         _close_parent(sweep, "interrupted", f"interrupted; resume with --resume --name "
                                             f"{out.name}")
     return out
+
+
+def _release_name(sweep: "_Sweep") -> None:
+    """A sweep that failed before writing anything leaves no reserved (empty) directory."""
+    storage, name = getattr(sweep, "storage", None), getattr(sweep, "name", None)
+    if storage and name and not is_remote(storage) and not sweep.o.resume:
+        try:
+            (Path(storage) / name).rmdir()   # only when empty
+        except OSError:
+            pass
 
 
 def _close_parent(sweep: "_Sweep", status: str, reason: str) -> None:
