@@ -101,7 +101,7 @@ def test_repo_spec_valid_and_quick():
             "pcm_layers", "hidden_size", "speaker_ratio", "modalities",
             "missing_rate"} <= set(spec.search.space)
     q = load_spec(SPEC, quick=True)
-    assert q.studies["window"].num_trials == 8 and q.search.num_samples == 8
+    assert q.studies["window"].num_trials == 18 and q.search.num_samples == 8   # 3x3 x 2 seeds
     # the YAML's defaults agree with the model's typed paper defaults where both say something
     from merc.models import get_entry
     pd = get_entry("corect").config_cls.PAPER_DEFAULTS
