@@ -240,8 +240,9 @@ def baselines(root: Path, modalities: str = "T") -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- one fit
 def _fit_job(model: str, seed: int, epochs: int, root: str,
-             modalities: str = "T") -> dict[str, Any]:
-    """One (model, seed) fit in a worker process (threads=1), at the family's paper defaults."""
+             modalities: str = "T", overrides: Optional[dict] = None) -> dict[str, Any]:
+    """One (model, seed) fit in a worker process (threads=1), at the family's paper defaults
+    plus ``overrides`` (``--set model:key=value``; recorded with the fit)."""
     import resource
 
     import torch
@@ -249,8 +250,9 @@ def _fit_job(model: str, seed: int, epochs: int, root: str,
     from merc.data.dataset import MercData
     from merc.data.format import read_manifest
     from merc.train import fit, resolve_config
-    train, mcfg = resolve_config(model, {"epochs": epochs, "threads": 1, "seed": seed,
-                                         "modalities": modalities, "early_stopping": 0},
+    train, mcfg = resolve_config(model, dict(overrides or {}) | {
+                                     "epochs": epochs, "threads": 1, "seed": seed,
+                                     "modalities": modalities, "early_stopping": 0},
                                  read_manifest(root).family, source="benchmarks.real_data")
     data = MercData(root, modalities=modalities, seed=seed)
     w0, c0 = time.perf_counter(), time.process_time()
@@ -267,6 +269,7 @@ def _fit_job(model: str, seed: int, epochs: int, root: str,
         "test_wf1_curve": [round(x["test_wf1"], 2) for x in h],
         "train_loss_curve": [round(x["train_loss"], 4) for x in h],
         "epoch_times": [round(t, 2) for t in res.epoch_times], "params": res.num_params,
+        "overrides": dict(overrides or {}),
         "config": {"lr": train.lr, "batch_size": train.batch_size,
                    "class_weights": train.class_weights, "optimizer": train.optimizer,
                    "clip_grad_norm": train.clip_grad_norm},
@@ -389,7 +392,8 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   epochs: dict[str, int], workers: int = 2, out_dir: Optional[Path] = None,
                   log: Callable[[str], None] = print, doc: Optional[dict] = None,
                   setup_extra: Optional[dict] = None, done: Sequence[dict] = (),
-                  modalities: Optional[str] = None) -> dict[str, Any]:
+                  modalities: Optional[str] = None,
+                  overrides: Optional[dict[str, dict]] = None) -> dict[str, Any]:
     """Baselines, then every (model, seed) fit; returns the benchmark section (and, with
     ``out_dir``, rewrites ``real_data.json`` / ``.md`` there after every step). ``done``: fits
     of an earlier, interrupted run of the same plan on the same data, kept instead of rerun."""
@@ -409,6 +413,7 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
                   "dims": dict(man.modalities), "modalities": modalities,
                   "family (paper defaults)": man.family,
                   "epochs per model (fixed, early stopping off)": dict(epochs),
+                  "overrides of the paper defaults": dict(overrides or {}),
                   "seeds": list(seeds), "workers": workers, "torch threads per fit": 1,
                   "selection": "epoch with the best dev (valid) w-F1; test at that epoch",
                   "std": "sample std (ddof 1) over seeds"} | (setup_extra or {}),
@@ -448,7 +453,8 @@ def run_real_data(data: Path, models: Sequence[str], seeds: Sequence[int],
     import multiprocessing as mp
     with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=mp.get_context("spawn"),
                              initializer=_init_worker) as pool:
-        pending = {pool.submit(_fit_job, m, s, epochs[m], str(data), modalities): (m, s)
+        pending = {pool.submit(_fit_job, m, s, epochs[m], str(data), modalities,
+                               (overrides or {}).get(m)): (m, s)
                    for m, s in jobs}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -530,6 +536,9 @@ def main(argv=None) -> int:
                                         "the dataset has)")
     p.add_argument("--seeds", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--epochs", help="N for every model, or name=N,... overrides")
+    p.add_argument("--set", action="append", default=[], metavar="MODEL:KEY=VALUE",
+                   help="override a paper default for one model (repeatable), e.g. "
+                        "multidag:lr=1e-3; recorded in the results")
     p.add_argument("--train-dialogues", type=int, help="slice: first N train dialogues")
     p.add_argument("--eval-dialogues", type=int, default=None,
                    help="slice: first N dev and test dialogues (with --train-dialogues)")
@@ -553,6 +562,15 @@ def main(argv=None) -> int:
                 st["epochs"][k.strip()] = int(v)
             else:
                 st["epochs"] = {m: int(part) for m in st["models"]}
+    overrides: dict[str, dict] = {}
+    for item in a.set:
+        model, sep, kv = item.partition(":")
+        key, eq, value = kv.partition("=")
+        if not (sep and eq and model and key):
+            print(f"--set: expected MODEL:KEY=VALUE, found {item!r}", file=sys.stderr)
+            return 2
+        from merc.config import parse_value
+        overrides.setdefault(model.strip(), {})[key.strip()] = parse_value(value)
     if a.train_dialogues:
         st["train_dialogues"] = a.train_dialogues
         st["eval_dialogues"] = a.eval_dialogues or max(a.train_dialogues // 4, 4)
@@ -573,7 +591,8 @@ def main(argv=None) -> int:
         if osec.get("setup", {}).get("fingerprint") == read_manifest(root).fingerprint:
             done = [f for f in osec.get("fits", []) if "error" not in f
                     and f["model"] in st["models"] and f["seed"] in st["seeds"]
-                    and f["epochs"] == st["epochs"][f["model"]]]
+                    and f["epochs"] == st["epochs"][f["model"]]
+                    and f.get("overrides", {}) == overrides.get(f["model"], {})]
             earlier = old.get("commands") or [old.get("command")]
     doc = {"schema": SCHEMA, "command": cmd, "commands": earlier + [cmd], "quick": a.quick,
            "only": ["real_data"], "started": now(), "finished": None, "duration_s": 0.0,
@@ -583,7 +602,8 @@ def main(argv=None) -> int:
     if not a.models and not a.quick:   # every registered model that takes this data
         st["models"] = accepting_models(root, mods, st["models"], log)
     sec = run_real_data(root, st["models"], st["seeds"], st["epochs"], a.workers, Path(a.out),
-                        log, doc, setup_extra=_slice_note(st), done=done, modalities=mods)
+                        log, doc, setup_extra=_slice_note(st), done=done, modalities=mods,
+                        overrides=overrides)
     j, md = write(doc, Path(a.out))
     print(f"results: {j}, {md}")
     for t in sec["targets"]:
