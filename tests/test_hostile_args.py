@@ -165,3 +165,14 @@ def test_sweep_on_a_broken_dataset_is_one_line_before_ray(tmp_path, tiny_dir, ca
                          "--storage", str(tmp_path / "ray")], tmp_path, capsys, monkeypatch)
     _one_line(r, str(d / "valid" / "labels.npy"))
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_best_refuses_a_test_metric(tmp_path, monkeypatch, capsys):
+    """`merc best --metric test_wf1` would pick the champion on the test split: exit 2, one
+    line naming --metric, before any tracking store is opened."""
+    monkeypatch.chdir(tmp_path)
+    from merc.sweep.cli import main
+    rc = main(["best", "--experiment", "x", "--metric", "test_wf1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--metric" in err[0] and "test_wf1" in err[0], err
+    assert not (tmp_path / "mlflow.db").exists()

@@ -69,6 +69,9 @@ def save_pyfunc(checkpoint: str | os.PathLike, path: str | os.PathLike) -> Path:
 def export_best(experiment: str, *, metric: str = "val_wf1", alias: str = "champion",
                 out: str = "best.yaml", tracking_uri: Optional[str] = None,
                 sweep: Optional[str] = None, model_name: Optional[str] = None) -> BestResult:
+    if not metric.startswith("val_"):   # choosing on test would leak the test split
+        raise SpecError(f"--metric {metric!r}: expected a validation metric (val_*); the "
+                        f"champion is selected on validation and test is only reported")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import torch
     from mlflow.tracking import MlflowClient
