@@ -57,5 +57,29 @@ def ray_local(tmp_path_factory):
     yield {"address": ray.get_runtime_context().gcs_address}
     if started:
         ray.shutdown()
+
+
+@pytest.fixture
+def quick_study(ray_local, tmp_path, monkeypatch):
+    """``run(name, spec, study)``: ``sweeps/<name>.py --spec SPEC --study STUDY --quick`` in
+    ``tmp_path`` (exit 0 asserted); returns (MlflowClient, the one parent run, the child runs,
+    the parent's artifact paths including ``plots/``)."""
+    def run(name, spec, study):
+        from mlflow.tracking import MlflowClient
+
+        from merc.sweep.cli import model_script_main
+        monkeypatch.chdir(tmp_path)
+        assert model_script_main(name, ["--spec", str(spec), "--study", study, "--quick"]) == 0
+        c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        exp = c.get_experiment_by_name(f"{name}-{study}")
+        runs = c.search_runs([exp.experiment_id], "", max_results=100)
+        parents = [r for r in runs if r.data.tags.get("merc.role") == "parent"]
+        children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        assert len(parents) == 1
+        pid = parents[0].info.run_id
+        arts = {a.path for a in c.list_artifacts(pid)} | \
+            {a.path for a in c.list_artifacts(pid, "plots")}
+        return c, parents[0], children, arts
+    return run
 # END sweep section
 # ------------------------------------------------------------------------------------------------

@@ -79,29 +79,18 @@ def test_ada2i_spec_errors(tmp_path, case):
 
 
 @pytest.mark.integration
-def test_rank_quick(ray_local, tmp_path, monkeypatch):
+def test_rank_quick(quick_study, tmp_path):
     """`python sweeps/ada2i.py --study rank --quick`: r in {2, 11} x 2 seeds; table, error bars
     and the rho_t, rho_a, rho_v curves (Fig. 5) on the parent run."""
-    from mlflow.tracking import MlflowClient
-
-    from merc.sweep.cli import model_script_main
-    monkeypatch.chdir(tmp_path)
-    assert model_script_main("ada2i", ["--spec", SPEC, "--study", "rank", "--quick"]) == 0
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("ada2i-rank")
-    runs = c.search_runs([exp.experiment_id], "", max_results=100)
-    parents = [r for r in runs if r.data.tags.get("merc.role") == "parent"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 4
+    c, parent, children, arts = quick_study("ada2i", SPEC, "rank")
+    assert len(children) == 4
     for r in children:
         assert r.data.tags["merc.status"] == "completed"
         assert r.data.params["strategy"] == "ada2i" and r.data.params["ada2i_start_epoch"] == "1"
         hist = c.get_metric_history(r.info.run_id, "ada2i_ratio_text")
         assert sorted(m.step for m in hist) == [1, 2, 3, 4] and all(m.value >= 1 for m in hist)
     assert {r.data.params["tensor_rank"] for r in children} == {"2", "11"}
-    pid = parents[0].info.run_id
-    arts = {a.path for a in c.list_artifacts(pid)}
-    arts |= {a.path for a in c.list_artifacts(pid, "plots")}
+    pid = parent.info.run_id
     assert {"rank_table.md", "rank_table.csv", "rank_curves.csv", "plots/rank_errorbars.png",
             "plots/rank_curve_ada2i_ratio.png"} <= arts, arts
     md = Path(c.download_artifacts(pid, "rank_table.md", str(tmp_path))).read_text()

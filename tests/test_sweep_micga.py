@@ -69,26 +69,15 @@ def test_micga_spec_error_names_the_key(tmp_path):
 
 
 @pytest.mark.integration
-def test_smoothing_quick(ray_local, tmp_path, monkeypatch):
+def test_smoothing_quick(quick_study, tmp_path):
     """`python sweeps/micga.py --study smoothing --quick`: lambda {none, 0.5} x rho {0.2, 0.5} on
     the tiny preset; study table (with Table 6's numbers) and heatmap on the MLflow parent."""
-    from mlflow.tracking import MlflowClient
-
-    from merc.sweep.cli import model_script_main
-    monkeypatch.chdir(tmp_path)
-    assert model_script_main("micga", ["--spec", SPEC, "--study", "smoothing", "--quick"]) == 0
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("micga-smoothing")
-    runs = c.search_runs([exp.experiment_id], "", max_results=100)
-    parents = [r for r in runs if r.data.tags.get("merc.role") == "parent"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 4
+    c, parent, children, arts = quick_study("micga", SPEC, "smoothing")
+    assert len(children) == 4
     assert {(r.data.params["smoothing"], r.data.params["missing_rate"]) for r in children} == \
         {("none", "0.2"), ("none", "0.5"), ("0.5", "0.2"), ("0.5", "0.5")}
     assert all(r.data.tags["merc.status"] == "completed" for r in children)
-    pid = parents[0].info.run_id
-    arts = {a.path for a in c.list_artifacts(pid)} | \
-        {a.path for a in c.list_artifacts(pid, "plots")}
+    pid = parent.info.run_id
     assert {"smoothing_table.md", "smoothing_table.csv", "plots/smoothing_heatmap.png"} <= arts
     md = Path(c.download_artifacts(pid, "smoothing_table.md", str(tmp_path))).read_text()
     assert "**smoothing=0.5,missing_rate=0.2**" in md and "64.07" in md   # Table 6, 6-way

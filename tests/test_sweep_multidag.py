@@ -70,19 +70,11 @@ def test_multidag_spec_errors(tmp_path, old, new, path, msg):
 
 
 @pytest.mark.integration
-def test_buckets_quick(ray_local, tmp_path, monkeypatch):
+def test_buckets_quick(quick_study, tmp_path):
     """`python sweeps/multidag.py --study buckets --quick`: k in {5, 15} x 2 seeds; every trial
     ran the curriculum (its baby steps logged per epoch); table + plots on the parent run."""
-    from mlflow.tracking import MlflowClient
-    from merc.sweep.cli import model_script_main
-    monkeypatch.chdir(tmp_path)
-    assert model_script_main("multidag", ["--spec", SPEC, "--study", "buckets", "--quick"]) == 0
-    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("multidag-buckets")
-    runs = c.search_runs([exp.experiment_id], "", max_results=100)
-    parents = [r for r in runs if r.data.tags.get("merc.role") == "parent"]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 4
+    c, parent, children, arts = quick_study("multidag", SPEC, "buckets")
+    assert len(children) == 4
     for r in children:
         assert r.data.tags["merc.status"] == "completed"
         assert r.data.params["strategy"] == "bucket_cl"
@@ -92,9 +84,7 @@ def test_buckets_quick(ray_local, tmp_path, monkeypatch):
         # tiny: 16 training dialogues; ceil split -> k=5: 4 buckets of 4, k=15: 8 buckets of 2
         assert used == ([1, 2, 3, 4, 4, 4, 4, 4] if k == 5 else [1, 2, 3, 4, 5, 6, 7, 8]), used
     assert {r.data.params["cl_buckets"] for r in children} == {"5", "15"}
-    pid = parents[0].info.run_id
-    arts = {a.path for a in c.list_artifacts(pid)} | {a.path for a in c.list_artifacts(pid,
-                                                                                      "plots")}
+    pid = parent.info.run_id
     assert {"buckets_table.md", "buckets_table.csv", "buckets_curves.csv",
             "plots/buckets_errorbars.png", "plots/buckets_curve_cl_fraction.png"} <= arts, arts
     md = Path(c.download_artifacts(pid, "buckets_table.md", str(tmp_path))).read_text()
