@@ -134,13 +134,7 @@ def write_dataset(out: str | os.PathLike, manifest: Manifest,
                else np.zeros(0, dt))
         speakers = cat([d.speakers for d in dialogues], np.int64)
         labels = cat([d.labels for d in dialogues], np.int64)
-        if len(speakers) and (speakers.min() < 0 or speakers.max() >= manifest.num_speakers):
-            raise DatasetError(f"{out}/{split}: speaker ids must lie in [0, {manifest.num_speakers})"
-                               f", found [{speakers.min()}, {speakers.max()}]")
-        bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= manifest.num_classes))]
-        if len(bad):
-            raise DatasetError(f"{out}/{split}: labels must lie in [0, {manifest.num_classes}) or "
-                               f"be {IGNORE_INDEX}, found {int(bad[0])}")
+        check_ranges(speakers, labels, manifest, f"{out}/{split}", f"{out}/{split}")
         np.save(sdir / "speakers.npy", speakers)
         np.save(sdir / "labels.npy", labels)
         for name in manifest.extra_labels:
@@ -361,15 +355,22 @@ def read_split(root: str | os.PathLike, split: str, manifest: Optional[Manifest]
     for path, arr, what in ((spath, speakers, "speaker ids"), (lpath, labels, "labels")):
         if len(arr) != U:
             raise DatasetError(f"{path}: {len(arr)} {what} for {U} utterances (offsets.npy)")
-    if U and (speakers.min() < 0 or speakers.max() >= manifest.num_speakers):
-        bad = speakers[(speakers < 0) | (speakers >= manifest.num_speakers)]
-        raise DatasetError(f"{spath}: speaker ids must lie in [0, {manifest.num_speakers}) "
+    check_ranges(speakers, labels, manifest, spath, lpath)
+    return arrays
+
+
+def check_ranges(speakers: np.ndarray, labels: np.ndarray, manifest: "Manifest",
+                 speakers_at, labels_at) -> None:
+    """Speaker ids in [0, num_speakers); labels in [0, num_classes) or IGNORE_INDEX (on write and
+    on open: one rule, the error names where the bad value is)."""
+    bad = speakers[(speakers < 0) | (speakers >= manifest.num_speakers)]
+    if len(bad):
+        raise DatasetError(f"{speakers_at}: speaker ids must lie in [0, {manifest.num_speakers}) "
                            f"(manifest num_speakers), found {int(bad[0])}")
     bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= manifest.num_classes))]
     if len(bad):
-        raise DatasetError(f"{lpath}: labels must lie in [0, {manifest.num_classes}) or be "
+        raise DatasetError(f"{labels_at}: labels must lie in [0, {manifest.num_classes}) or be "
                            f"{IGNORE_INDEX}, found {int(bad[0])}")
-    return arrays
 
 
 def check_usable(root: Path, splits: dict[str, SplitArrays]) -> None:
