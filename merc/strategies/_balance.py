@@ -120,6 +120,12 @@ def discrepancy_ratios(scores: torch.Tensor) -> torch.Tensor:
     return scores / scores.min().clamp(min=1e-12)
 
 
+def modulation_coefficients(ratios: torch.Tensor, alpha: float) -> torch.Tensor:
+    """k^m = 1 - tanh(alpha rho^m) where rho^m > 1, else 1 (Ada2I Eq. (18); OGM-GE's coefficient
+    in its three-modality form)."""
+    return torch.where(ratios > 1.0, 1.0 - torch.tanh(alpha * ratios), torch.ones_like(ratios))
+
+
 def without(batch: Batch, drop: set[str]) -> Batch:
     """The batch with the features of the modalities in ``drop`` zeroed (FAGM's probes)."""
     feats = {m: torch.zeros_like(x) if m in drop else x for m, x in batch.features.items()}
@@ -200,5 +206,6 @@ def own_params(modules: list[nn.Module]):
         yield from (p for p in mod.parameters(recurse=False) if p.grad is not None)
 
 
-__all__ = ["BalanceStrategy", "WindowConfig", "modality_scores", "discrepancy_ratios", "without",
+__all__ = ["BalanceStrategy", "WindowConfig", "modality_scores", "discrepancy_ratios",
+           "modulation_coefficients", "without",
            "partition", "ActivationRecorder", "own_params", "labelled", "Field"]

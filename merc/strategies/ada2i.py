@@ -32,7 +32,6 @@ no modulation ran).
 """
 from __future__ import annotations
 
-import math
 from typing import Literal, Optional
 
 import torch
@@ -41,6 +40,8 @@ from pydantic import Field
 from merc.config import StrictConfig
 from merc.data.dataset import Batch
 from merc.strategies import register_strategy
+from merc.strategies._balance import discrepancy_ratios, modality_scores
+from merc.strategies._balance import modulation_coefficients as _coefficients
 from merc.strategies.base import Strategy
 
 
@@ -57,18 +58,17 @@ class Ada2IStrategyConfig(StrictConfig):
 
 def discrepancy(logits: dict[str, torch.Tensor], labels: torch.Tensor
                 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Eqs. (16)-(17): per-modality scores s^m and ratios rho^m over the labelled utterances."""
-    keep = labels != -100
-    y = labels[keep]
-    scores = {m: float(torch.softmax(z[keep].float(), -1).gather(-1, y[:, None]).sum())
-              for m, z in logits.items()}                                        # Eq. (16)
-    low = max(min(scores.values()), 1e-12)
-    return scores, {m: s / low for m, s in scores.items()}                        # Eq. (17)
+    """Eqs. (16)-(17): per-modality scores s^m and ratios rho^m over the labelled utterances
+    (the formulas the balancing plug-ins share, keyed by modality)."""
+    scores = modality_scores(logits, labels)                                     # Eq. (16)
+    ratios = discrepancy_ratios(scores)                                          # Eq. (17)
+    return dict(zip(logits, scores.tolist())), dict(zip(logits, ratios.tolist()))
 
 
 def modulation_coefficients(ratios: dict[str, float], alpha: float) -> dict[str, float]:
     """Eq. (18): k^m = 1 - tanh(alpha rho^m) if rho^m > 1 else 1."""
-    return {m: (1.0 - math.tanh(alpha * r)) if r > 1 else 1.0 for m, r in ratios.items()}
+    k = _coefficients(torch.tensor(list(ratios.values()), dtype=torch.float64), alpha)
+    return dict(zip(ratios, k.tolist()))
 
 
 @register_strategy("ada2i", Ada2IStrategyConfig)

@@ -32,7 +32,8 @@ import torch
 
 from merc.strategies import register_strategy
 from merc.strategies._balance import (BalanceStrategy, Field, WindowConfig, discrepancy_ratios,
-                                      modality_scores, own_params, partition)
+                                      modality_scores, modulation_coefficients, own_params,
+                                      partition)
 
 
 class OGMGEConfig(WindowConfig):
@@ -44,9 +45,8 @@ class OGMGEConfig(WindowConfig):
     ogm_end_epoch: Optional[int] = Field(50, ge=1)
 
 
-def ogm_coefficients(ratios: torch.Tensor, alpha: float) -> torch.Tensor:
-    """k^m = 1 - tanh(alpha rho^m) where rho^m > 1, else 1 (vectorised)."""
-    return torch.where(ratios > 1.0, 1.0 - torch.tanh(alpha * ratios), torch.ones_like(ratios))
+#: k^m = 1 - tanh(alpha rho^m) where rho^m > 1, else 1 (shared with Ada2I's Eq. (18))
+ogm_coefficients = modulation_coefficients
 
 
 def modulate(params, coeff: float, noise: bool, generator: Optional[torch.Generator]) -> None:
