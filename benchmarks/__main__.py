@@ -1,6 +1,6 @@
 """``python -m benchmarks run [--quick] [--only NAME[,NAME]] [--out DIR]``.
 
-Benchmarks (in this order): graph, train, sweep_overhead, sweep_efficiency. Results go to
+Benchmarks (in this order): graph, train, backbones, sweep_overhead, sweep_efficiency. Results go to
 ``DIR/latest.json`` and ``DIR/latest.md`` (default ``benchmarks/results``), rewritten after every
 benchmark so that an interrupted run keeps what it measured.
 """
@@ -17,13 +17,13 @@ from benchmarks.common import (RESULTS_DIR, SCHEMA, Context, command_line, envir
 
 
 def _registry():
-    from benchmarks import bench_graph, bench_sweep, bench_train
-    return {"graph": bench_graph.run, "train": bench_train.run,
+    from benchmarks import bench_backbones, bench_graph, bench_sweep, bench_train
+    return {"graph": bench_graph.run, "train": bench_train.run, "backbones": bench_backbones.run,
             "sweep_overhead": bench_sweep.run_overhead,
             "sweep_efficiency": bench_sweep.run_efficiency, "real_data": __import__("benchmarks.real_data", fromlist=["run"]).run}
 
 
-NAMES = ["graph", "train", "sweep_overhead", "sweep_efficiency"]
+NAMES = ["graph", "train", "backbones", "sweep_overhead", "sweep_efficiency"]
 
 
 def run(quick: bool = False, only: list[str] | None = None, out: Path = RESULTS_DIR,
