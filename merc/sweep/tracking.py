@@ -78,13 +78,22 @@ def check_tracking(uri: str, timeout: float = 5.0) -> None:
 def init_sqlite_store(uri: str) -> None:
     """Create / migrate a sqlite store under an exclusive lock on ``<db>.lock``: two sweeps
     started at once on a new ``mlflow.db`` otherwise both run the schema migration and one dies
-    (``duplicate column name``). Once the store exists this costs one lock and one query."""
+    (``duplicate column name``). Once the store exists this costs one lock and one query. A new
+    store starts as a copy of a cached, pre-migrated empty one (:mod:`merc.sweep.mlflow_store`)."""
     import fcntl
+    from merc.sweep.mlflow_store import seed_new_store
     path = Path(uri[len("sqlite:///"):])
     with open(f"{path}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            MlflowClient(uri).search_experiments(max_results=1)   # creates and migrates
+            seeded = seed_new_store(path)
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)   # creates and migrates
+            except Exception:
+                if not seeded:
+                    raise
+                path.unlink()          # the copy was refused: MLflow's own creation path
+                MlflowClient(uri).search_experiments(max_results=1)
         except Exception as err:
             raise TrackingError(f"--mlflow-uri {uri}: cannot open the sqlite store "
                                 f"({' '.join(str(err).split())[:300]})") from None
