@@ -6,7 +6,7 @@ search_spaces/ada2i.yaml: the Ada2I network with its gradient-modulation strateg
 """
 import sys
 
-from merc.sweep.cli import model_script_main
+from merc.sweep.cli import exit_process, model_script_main
 
 if __name__ == "__main__":
-    sys.exit(model_script_main("ada2i"))
+    exit_process(model_script_main("ada2i"))

@@ -6,7 +6,7 @@ is this file with another name.
 """
 import sys
 
-from merc.sweep.cli import model_script_main
+from merc.sweep.cli import exit_process, model_script_main
 
 if __name__ == "__main__":
-    sys.exit(model_script_main("corect"))
+    exit_process(model_script_main("corect"))

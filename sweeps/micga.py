@@ -6,7 +6,7 @@ search_spaces/micga.yaml.
 """
 import sys
 
-from merc.sweep.cli import model_script_main
+from merc.sweep.cli import exit_process, model_script_main
 
 if __name__ == "__main__":
-    sys.exit(model_script_main("micga"))
+    exit_process(model_script_main("micga"))

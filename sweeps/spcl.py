@@ -6,7 +6,7 @@ search_spaces/spcl.yaml: the SPCL training plug-in over four backbones (default 
 """
 import sys
 
-from merc.sweep.cli import model_script_main
+from merc.sweep.cli import exit_process, model_script_main
 
 if __name__ == "__main__":
-    sys.exit(model_script_main("spcl"))
+    exit_process(model_script_main("spcl"))
