@@ -20,7 +20,8 @@ def _registry():
     from benchmarks import bench_backbones, bench_graph, bench_sweep, bench_train
     return {"graph": bench_graph.run, "train": bench_train.run, "backbones": bench_backbones.run,
             "sweep_overhead": bench_sweep.run_overhead,
-            "sweep_efficiency": bench_sweep.run_efficiency, "real_data": __import__("benchmarks.real_data", fromlist=["run"]).run}
+            "sweep_efficiency": bench_sweep.run_efficiency,
+            "sweep_throughput": bench_sweep.run_throughput_bench, "real_data": __import__("benchmarks.real_data", fromlist=["run"]).run}
 
 
 NAMES = ["graph", "train", "backbones", "sweep_overhead", "sweep_efficiency"]

@@ -77,25 +77,30 @@ def write_spec(path: Path, fixed: dict, studies: dict, search: Optional[dict] = 
 class DriverTimers:
     """Wraps the runner's steps and the MLflow callback hooks (driver side) with a PhaseTimer."""
 
-    STEPS = ("prepare", "setup_tracking", "start_ray", "build_tuner", "run_stage", "finish_study",
-             "finish_search", "confirm")
+    STEPS = ("prepare", "setup_tracking", "start_ray", "join_ray", "build_tuner", "run_stage",
+             "finish_study", "finish_search", "confirm")
     CB = ("on_trial_start", "on_trial_result", "on_trial_complete", "on_trial_error")
 
-    def __init__(self):
+    def __init__(self, callbacks: bool = True):
         self.t = PhaseTimer()
         self._saved = []
+        # callbacks=False: the runner's steps only, so that entering imports nothing heavy
+        # (MLflow, Ray Tune, Optuna are then imported where the sweep itself imports them)
+        self.callbacks = callbacks
 
     def __enter__(self):
-        from merc.sweep import runner, tracking
-        targets = [(runner._Sweep, s, f"runner.{s}") for s in self.STEPS] + \
-                  [(tracking.MercMLflowCallback, c, f"mlflow.{c}") for c in self.CB]
-        try:
-            from merc.sweep import optuna_glue as og
-            for cls in (og.OptunaSearcher, og.GridSearcher):
-                for m in ("suggest", "on_trial_complete"):
-                    targets.append((cls, m, f"searcher.{m}"))
-        except Exception:
-            pass
+        from merc.sweep import runner
+        targets = [(runner._Sweep, s, f"runner.{s}") for s in self.STEPS]
+        if self.callbacks:
+            from merc.sweep import tracking
+            targets += [(tracking.MercMLflowCallback, c, f"mlflow.{c}") for c in self.CB]
+            try:
+                from merc.sweep import optuna_glue as og
+                for cls in (og.OptunaSearcher, og.GridSearcher):
+                    for m in ("suggest", "on_trial_complete"):
+                        targets.append((cls, m, f"searcher.{m}"))
+            except Exception:
+                pass
         for cls, name, label in targets:
             fn = cls.__dict__.get(name)
             if fn is None:
@@ -559,17 +564,20 @@ def _trial_spans(sweep_dir: Path) -> list[dict]:
     return sorted(spans, key=lambda s: s["start"])
 
 
-def _timed_cli(out_json: str, script: str, argv: list[str]) -> int:
-    """Subprocess side: run a sweep script's main under DriverTimers, write phases to JSON."""
+def _timed_cli(out_json: str, script: str, argv: list[str]) -> None:
+    """Subprocess side: run a sweep script's main under DriverTimers (runner steps only), write
+    phases to JSON, and leave the process the way that code's ``sweeps/<model>.py`` does
+    (``exit_process`` where it exists, else ``sys.exit``)."""
+    import sys
     t0 = time.time()
-    from merc.sweep.cli import model_script_main
+    from merc.sweep import cli
     import merc
     t_imp = time.time() - t0
-    with DriverTimers() as t:
-        rc = model_script_main(Path(script).stem, argv)
+    with DriverTimers(callbacks=False) as t:
+        rc = cli.model_script_main(Path(script).stem, argv)
     Path(out_json).write_text(json.dumps({"rc": rc, "import_s": t_imp, "phases": dict(t.wall),
-                                          "merc": merc.__file__}))
-    return rc
+                                          "merc": merc.__file__, "t_return": time.time()}))
+    getattr(cli, "exit_process", sys.exit)(rc)
 
 
 def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) -> dict:
@@ -603,7 +611,8 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
             except psutil.Error:
                 pass
         time.sleep(0.5)
-    wall = time.time() - t0
+    t_end = time.time()
+    wall = t_end - t0
     if p.returncode != 0:
         raise RuntimeError(f"{label}: exit {p.returncode}; see {work / 'out.txt'}")
     ph = json.loads(out_json.read_text())
@@ -622,6 +631,9 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
             "fit_s": fit, "ratio_fit": fit / (tsum / slots),
             "trials_span_s": last - first, "ratio_trials_span": (last - first) / (tsum / slots),
             "ray_start_s": ray_start, "import_s": ph["import_s"],
+            "met": wall <= THROUGHPUT_TARGET * tsum / slots + ray_start,
+            "before_fit_s": first - t0, "after_last_trial_s": t_end - last,
+            "exit_s": t_end - ph["t_return"] if "t_return" in ph else None,
             "phases_s": {k: round(v, 2) for k, v in ph["phases"].items()
                          if k.startswith("runner.")},
             "workers": len({s["pid"] for s in spans}),
@@ -632,11 +644,13 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
 
 
 def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
-                   samples: int = 32, workloads: tuple[str, ...] = ("study", "search")) -> dict:
-    """Quick study + a ``samples``-trial quick search, this tree vs ``before`` (interleaved)."""
+                   samples: int = 32, workloads: tuple[str, ...] = ("study", "search"),
+                   after: Optional[str] = None) -> dict:
+    """Quick study + a ``samples``-trial quick search, ``after`` (default: this tree) vs
+    ``before`` (interleaved)."""
     la0 = load_average()
     work = ctx.tmp(f"throughput-{int(time.time())}")
-    sides = [("after", _code_dir(None, work))]
+    sides = [("after", _code_dir(after, work))]
     if before:
         sides.insert(0, ("before", _code_dir(before, work)))
     # one workload for both sides: the spec of the earlier revision (the quick budgets change)
@@ -657,7 +671,9 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
                         f"CPU {r['cpu_s']:.0f}s; load {r['load_average']}")
                 runs.append(r)
     rows = [[r["workload"], r["label"], r["trials"], f"{r['wall_s']:.1f}", f"{r['sum_trial_s']:.1f}",
-             f"{r['target_s']:.1f}", f"{r['fit_s']:.1f} (x{r['ratio_fit']:.2f})",
+             f"{r['target_s']:.1f}" + (" met" if r["met"] else ""),
+             f"{r['before_fit_s']:.1f} / {r['after_last_trial_s']:.1f}",
+             f"{r['fit_s']:.1f} (x{r['ratio_fit']:.2f})",
              f"{r['trials_span_s']:.1f} (x{r['ratio_trials_span']:.2f})", f"{r['ray_start_s']:.1f}",
              r["workers"], f"{r['trials_per_hour']:.0f}", f"{r['cpu_s']:.0f}",
              f"{r['trials_per_cpu_hour']:.0f}", str(r["load_average"]["start"])] for r in runs]
@@ -667,20 +683,41 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
             "runs": runs,
             "tables": [{"title": "Sweep throughput (2 slots)",
                         "columns": ["workload", "code", "trials", "wall s", "sum trial s",
-                                    "target s", "Tune fit s (x ideal)", "first start..last end "
+                                    "target s", "start..first trial / last trial..exit s",
+                                    "Tune fit s (x ideal)", "first start..last end "
                                     "(x ideal)", "Ray start s", "worker procs", "trials/h",
                                     "CPU s", "trials/CPU-h", "load"], "rows": rows}],
             "load_average": {"start": la0, "end": load_average()}}
 
 
+def run_throughput_bench(ctx: Context) -> dict:
+    """``python -m benchmarks run --only sweep_throughput``: this tree's quick study (as run.sh
+    runs it) and a 32-trial quick search (8 with --quick), one run each, with the issue-13 target
+    per workload: wall <= 1.15 x (sum of trial times / 2 slots) + Ray start."""
+    res = run_throughput(ctx, samples=8 if ctx.quick else 32,
+                         workloads=("search",) if ctx.quick else ("study", "search"))
+    res["targets"] = [target(
+        f"sweep wall, {r['workload']} ({r['trials']} trials)",
+        f"<= {THROUGHPUT_TARGET} x sum of trial times / {r['slots']} + Ray start",
+        round(r["wall_s"], 1), r["met"],
+        f"target {r['target_s']:.1f} s (trials {r['sum_trial_s']:.1f} s, Ray start "
+        f"{r['ray_start_s']:.1f} s); {r['trials_per_hour']:.0f} trials/h; CPU {r['cpu_s']:.0f} s")
+        for r in res["runs"]]
+    res["measurements"] = {f"{r['workload']} trials per hour": summary([r["trials_per_hour"]],
+                                                                       unit="trials/h")
+                           for r in res["runs"]}
+    return res
+
+
 if __name__ == "__main__":
     import sys
     if len(sys.argv) > 1 and sys.argv[1] == "_timed":
-        sys.exit(_timed_cli(sys.argv[2], sys.argv[3], sys.argv[4:]))
+        _timed_cli(sys.argv[2], sys.argv[3], sys.argv[4:])
     import argparse
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_sweep")
     ap.add_argument("what", choices=["throughput"])
     ap.add_argument("--before", help="git revision to compare against (e.g. 0b17c75)")
+    ap.add_argument("--after", help="git revision of the 'after' side (default: this tree)")
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--out", help="write the section as JSON here")
@@ -688,7 +725,7 @@ if __name__ == "__main__":
     a = ap.parse_args()
     from benchmarks.common import Context as _C
     res = run_throughput(_C(quick=True, out_dir=Path(".")), a.before, a.reps, a.samples,
-                         tuple(a.workloads.split(",")))
+                         tuple(a.workloads.split(",")), a.after)
     for t in res["tables"]:
         print("| " + " | ".join(t["columns"]) + " |")
         for row in t["rows"]:
