@@ -36,6 +36,7 @@ BACKBONES = ["mmgcn", "mmdfn", "dialoguegcn", "biddin"]
 SPCL_DIMS = {"audio": 512, "text": 768, "visual": 1024}     # the released IEMOCAP features
 OFF = "official-shaped"
 TARGET = 3.0
+DEFAULT_BATCHES = 2          # timed batches per "epoch" (a full epoch is 7)
 
 
 def dataset(ctx: Context) -> tuple[Path, str]:
@@ -128,7 +129,7 @@ def side_by_side(name: str, root: Path, epochs: int, batches: int | None, log=pr
     for ep in range(epochs):
         ec, ew = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
         for i, b in enumerate(data["train"].batches(bs, True, gen)):
-            if batches is not None and i >= batches:
+            if batches and i >= batches:
                 break
             for n in names[i % len(names):] + names[:i % len(names)]:
                 with Clock() as c:
@@ -141,7 +142,7 @@ def side_by_side(name: str, root: Path, epochs: int, batches: int | None, log=pr
             wall[n].append(ew[n])
         log(f"[backbones] {name} epoch {ep + 1}/{epochs} ({n_batches} batches): " +
             ", ".join(f"{n} {ec[n]:.1f} CPU-s" for n in names))
-    return {"backbone": name, "epochs": epochs, "batches_per_epoch": n_batches, "batch_size": bs,
+    return {"backbone": name, "measured": now(), "epochs": epochs, "batches_per_epoch": n_batches, "batch_size": bs,
             "default": default, "params": counts,
             "load_average": {"start": la0, "end": load_average()},
             "cpu_s_per_epoch": {n: summary(v) for n, v in cpu.items()},
@@ -153,21 +154,34 @@ def side_by_side(name: str, root: Path, epochs: int, batches: int | None, log=pr
 
 
 def run(ctx: Context, epochs: int | None = None, batches: int | None = None,
-        backbones: list[str] | None = None) -> dict:
-    """The ``backbones`` benchmark section (``python -m benchmarks run --only backbones``)."""
+        backbones: list[str] | None = None, previous: list[dict] | None = None) -> dict:
+    """The ``backbones`` benchmark section (``python -m benchmarks run --only backbones``).
+
+    ``previous``: side-by-side results of other backbones kept in the section (a run of a subset
+    replaces only its own backbones)."""
     la0 = load_average()
     default_threads = torch.get_num_threads()
     root, desc = dataset(ctx)
     epochs = epochs or (1 if ctx.quick else 3)
-    if batches is None and ctx.quick:
-        batches = 1
-    results = []
+    if batches is None:
+        batches = 1 if ctx.quick else DEFAULT_BATCHES
+    fresh = []
     try:
         for name in backbones or BACKBONES:
-            ctx.log(f"[backbones] {name}: {epochs} epoch(s) side by side ...")
-            results.append(side_by_side(name, root, epochs, batches, ctx.log))
+            ctx.log(f"[backbones] {name}: {epochs} epoch(s) of {batches} batches side by side ...")
+            fresh.append(side_by_side(name, root, epochs, batches, ctx.log))
     finally:
         torch.set_num_threads(default_threads)
+    done = {r["backbone"] for r in fresh}
+    results = sorted([r for r in previous or [] if r["backbone"] not in done] + fresh,
+                     key=lambda r: BACKBONES.index(r["backbone"]))
+    sec = section(results, desc)
+    sec["load_average"] = {"start": la0, "end": load_average()}
+    return sec
+
+
+def section(results: list[dict], desc: str) -> dict:
+    """Tables, measurements and targets of the side-by-side results."""
     rows, targets, ms = [], [], {}
     for r in results:
         n = r["backbone"]
@@ -175,49 +189,65 @@ def run(ctx: Context, epochs: int | None = None, batches: int | None = None,
             sc = r["speedup_vs_official_cpu"].get(v, {}).get("median", 1.0)
             sw = r["speedup_vs_official_wall"].get(v, {}).get("median", 1.0)
             rows.append([n, v + (" *" if v == r["default"] else ""), f"{r['params'][v]:,}",
-                         f"{c['median']:.2f}", f"{r['wall_s_per_epoch'][v]['median']:.2f}",
-                         f"{sc:.2f}x", f"{sw:.2f}x",
-                         f"{r['load_average']['start']} -> {r['load_average']['end']}"])
+                         f"{r['batches_per_epoch']} x {r['epochs']}", f"{c['median']:.2f}",
+                         f"{r['wall_s_per_epoch'][v]['median']:.2f}", f"{sc:.2f}x", f"{sw:.2f}x",
+                         f"{r['load_average']['start']} -> {r['load_average']['end']}",
+                         r.get("measured", "")])
             ms[f"{n} {v} CPU-s per train epoch"] = c
         d = r["default"]
         sp = r["speedup_vs_official_cpu"][d]["median"]
-        best = max(r["speedup_vs_official_cpu"], key=lambda k: r["speedup_vs_official_cpu"][k]["median"])
+        best = max(r["speedup_vs_official_cpu"],
+                   key=lambda k: r["speedup_vs_official_cpu"][k]["median"])
         targets.append(target(f"{n} train epoch vs the official-shaped step (CPU-s, 1 thread)",
                               f">= {TARGET:g}x", round(sp, 2), sp >= TARGET,
                               f"default ({d}); best variant {best}: "
                               f"{r['speedup_vs_official_cpu'][best]['median']:.2f}x"))
-    epoch_note = (f"an epoch = the first {results[0]['batches_per_epoch']} batches of 16 of the "
-                  f"shuffled train split (same batches for every side)" if results and batches
-                  else "an epoch = the whole train split (batches of 16)")
     return {
         "description": __doc__.strip().split("\n\n")[0],
-        "setup": {"data": desc, "epochs": epochs, "batches_per_epoch": batches or "all",
-                  "torch_threads": 1, "config": "SPCL released defaults (batch 16, lr 2e-4, "
-                  "clip 2, hidden 200), encoder: released, SPCL loss every step"},
+        "setup": {"data": desc, "torch_threads": 1, "config": "SPCL released defaults (batch "
+                  "16, lr 2e-4, clip 2, hidden 200), encoder: released, SPCL loss every step"},
         "measurements": ms,
         "tables": [{"title": "Train epoch side by side per backbone (interleaved per step; "
                              "medians over epochs; speed-up = median of paired per-epoch ratios; "
-                             "* = our default)",
-                    "columns": ["backbone", "variant", "params", "CPU-s / epoch",
-                                "wall s / epoch", "speed-up CPU", "speed-up wall",
-                                "load average"], "rows": rows}],
+                             "* = our default; 'epoch' = batches x epochs timed, see notes)",
+                    "columns": ["backbone", "variant", "params", "batches x epochs",
+                                "CPU-s / epoch", "wall s / epoch", "speed-up CPU",
+                                "speed-up wall", "load average", "measured"], "rows": rows}],
         "side_by_side": results, "targets": targets,
-        "notes": [epoch_note, "official-shaped: benchmarks/spcl_official_shaped.py (same "
-                  "parameter count, checked in tests/test_spcl_official_shaped.py)"],
-        "load_average": {"start": la0, "end": load_average()},
+        "notes": ["an 'epoch' here is the first k batches of 16 of the shuffled train split "
+                  "(the same batches for every side; a full epoch is 7 batches), so that all "
+                  "four backbones fit a few minutes on a shared 2-core machine; each side gets "
+                  "one untimed warm-up step",
+                  "official-shaped: benchmarks/spcl_official_shaped.py (same parameter count, "
+                  "checked in tests/test_spcl_official_shaped.py)"],
     }
 
 
 # ---- quality -----------------------------------------------------------------------------------
 
+def quality_data(preset: str) -> Path:
+    """``small`` etc.: a synthetic preset; ``iemocap6-N``: the iemocap6 preset at the SPCL dims
+    reduced to N/12/12 dialogues (released-size encoders on realistic widths, a few minutes)."""
+    from merc.data.synthetic import PRESETS, resolve_data, synth
+    if not preset.startswith("iemocap6-"):
+        return resolve_data(f"synthetic:{preset}")
+    n = int(preset.split("-", 1)[1])
+    name = f"synthetic-iemocap6-spcl-dims-{n}"
+    path = Context(False, RESULTS_DIR).tmp("data") / name
+    if not (path / "manifest.json").is_file():
+        synth(path, PRESETS["iemocap6"].model_copy(update={
+            "name": name, "dims": dict(SPCL_DIMS), "utterances": None,
+            "dialogues": {"train": n, "valid": 12, "test": 12}}), seed=0)
+    return path
+
+
 def quality(preset: str = "small", epochs: int = 8, seeds=(0, 1, 2),
             backbones: list[str] | None = None, log=print) -> dict:
     """fp32 vs autocast_bf16 per backbone: selected val w-F1 (and test w-F1 there) over seeds."""
     from merc.data.dataset import MercData
-    from merc.data.synthetic import resolve_data
     from merc.models import get_entry
     from merc.train import fit, resolve_config
-    data = MercData(resolve_data(f"synthetic:{preset}"))
+    data = MercData(quality_data(preset))
     out = {}
     for name in backbones or BACKBONES:
         if "autocast_bf16" not in get_entry(name).config_cls.model_fields:
@@ -281,7 +311,8 @@ def main(argv=None) -> int:
     p.add_argument("what", choices=["speed", "quality", "both"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--epochs", type=int, help="speed: epochs (default 3, quick 1)")
-    p.add_argument("--batches", type=int, help="speed: batches per epoch (default: all)")
+    p.add_argument("--batches", type=int, help=f"speed: batches per epoch (default "
+                   f"{DEFAULT_BATCHES}, quick 1)")
     p.add_argument("--only", help="comma-separated backbones")
     p.add_argument("--q-preset", default="small")
     p.add_argument("--q-epochs", type=int, default=8)
@@ -301,15 +332,23 @@ def main(argv=None) -> int:
     if a.what in ("speed", "both"):
         ctx = Context(quick=a.quick, out_dir=out, log=log)
         b0 = time.time()
-        sec = run(ctx, a.epochs, a.batches, only)
+        prev = doc["benchmarks"].get("backbones", {}).get("side_by_side", [])
+        sec = run(ctx, a.epochs, a.batches, only, prev if only and not a.quick else None)
         sec["duration_s"] = time.time() - b0
         sec["command"] = doc["command"]
+        for r in sec["side_by_side"]:
+            r.setdefault("command", doc["command"])
         doc["benchmarks"]["backbones"] = sec
     if a.what in ("quality", "both"):
         b0 = time.time()
         la = load_average()
+        key = f"backbones_bf16_quality_{a.q_preset}"
         q = quality(a.q_preset, a.q_epochs, backbones=only, log=log)
-        doc["benchmarks"]["backbones_bf16_quality"] = {
+        old = doc["benchmarks"].get(key, {}).get("quality")
+        if only and old and old["epochs"] == q["epochs"] and old["seeds"] == q["seeds"]:
+            q["results"] = {n: q["results"].get(n, old["results"].get(n)) for n in BACKBONES
+                            if n in q["results"] or n in old["results"]}
+        doc["benchmarks"][key] = {
             "description": "bf16 autocast vs fp32 on the backbones: selected val w-F1 over seeds",
             "command": doc["command"], "quality": q, "tables": [quality_table(q)],
             "targets": [], "measurements": {}, "duration_s": time.time() - b0,

@@ -95,3 +95,17 @@ def test_edge_perms_window_and_spcl_loss():
     # identical modalities: zero conversation std -> difficulty 0 -> every utterance kept
     assert int(kept) == 3 and torch.isclose(loss, nll.mean())
     assert set(loss_m) == {"a", "t"} and all(abs(float(r) - 1.0) < 1e-6 for r in ratio.values())
+
+
+def test_side_by_side_harness(tiny_dir):
+    """One interleaved epoch of one batch: every side timed, paired speed-ups, a target row."""
+    from benchmarks.bench_backbones import OFF, section, side_by_side, variants
+    r = side_by_side("mmgcn", tiny_dir, epochs=1, batches=1, log=lambda s: None)
+    ours, default = variants("mmgcn")
+    assert set(r["cpu_s_per_epoch"]) == {OFF} | set(ours) and default in ours
+    assert len(set(r["params"].values())) == 1                      # equal parameter counts
+    assert r["batches_per_epoch"] == 1 and r["batch_size"] == 16
+    assert all(v["n"] == 1 and v["median"] > 0 for v in r["speedup_vs_official_cpu"].values())
+    sec = section([r], "tiny")
+    assert [t["target"] for t in sec["targets"]] == [">= 3x"]
+    assert len(sec["tables"][0]["rows"]) == 1 + len(ours)
