@@ -25,8 +25,17 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merc.graphs import corect_graph, window_edges
 from merc.models.base import Output
+from merc.models.corect_fused import Packing, text_encoder_packed
 
 EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
+#: how the same network is computed (not a hyperparameter), as CORECT's ``kernels`` key:
+#: "fused" = the packed / batched paths of each backbone, "modules" = nn modules on padded batches
+Kernels = Literal["fused", "modules"]
+
+
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """The ``autocast_bf16`` context (CORECT's key): matmuls in bf16, attention scores fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 #: the released SPCL code's Transformer FFN width (``nn.TransformerEncoderLayer``'s default)
 RELEASED_FFN = 2048
@@ -36,6 +45,14 @@ def released_heads(dim: int) -> int:
     """Heads of the released SPCL ``Transformer_Encoder``: the first h in 5..14 dividing ``dim``,
     else 1 (512 -> 8, 768 -> 6, 1024 -> 8)."""
     return next((h for h in range(5, 15) if dim % h == 0), 1)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout (``F.dropout``'s distribution) from one fp32 uniform per element: ATen's
+    CPU ``bernoulli_`` costs ~3x a uniform draw. Not ``nn.Dropout``'s random stream."""
+    if not training or p == 0.0:
+        return x
+    return x * (torch.rand(x.shape, device=x.device) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 def to_padded(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -122,6 +139,12 @@ class InputWidthTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.lin_out(self.tf(x, src_key_padding_mask=~mask))
+
+    def forward_packed(self, x: torch.Tensor, pk: Packing, mask: torch.Tensor) -> torch.Tensor:
+        """``forward(...)[mask]`` from the packed real rows [U, d] (``kernels="fused"``): the
+        position-wise layers run on the U real utterances only, attention per dialogue through one
+        masked SDPA (:func:`merc.models.corect_fused.text_encoder_packed`)."""
+        return self.lin_out(text_encoder_packed(self.tf, x, pk, mask))
 
 
 # ---- cached graphs ---------------------------------------------------------------------------

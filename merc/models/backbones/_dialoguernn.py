@@ -5,6 +5,14 @@ DialogueRNN: Majumder et al., "DialogueRNN: An Attentive RNN for Emotion Detecti
 Conversations", AAAI 2019 (Eqs. (1)-(4): global state, context attention, party state, emotion
 state), the cell BiDDIN (Zhang et al., ACM MM 2020) and the SPCL copy build on. The cells step
 through the utterances one at a time (that is the model) but all dialogues of a batch step together.
+
+``kernels="fused"`` (:func:`dialogue_rnns_fused`, the default) computes the same cells for all
+modalities and both directions at once: the utterance parts of the global / party GRUs' input
+projections for every step in one matmul per modality (on the real utterances only), then one loop
+over time whose steps batch the 2 M chains with ``bmm`` over stacked weights (GRU cells written
+out, ``torch.nn.GRUCell``'s equations), party states selected by ``gather`` and replaced by
+``where``; the dropouts draw one fp32 uniform per element (same distribution as ``nn.Dropout``).
+Equal to the module path to float rounding (``tests/test_backbones_fused.py``).
 """
 from __future__ import annotations
 
@@ -14,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merc.models.backbones._common import _heads_for
+from merc.models.backbones._common import _heads_for, bf16_autocast, dropout
+from merc.models.corect_fused import Packing
 
 
 def sinusoid(length: int, dim: int, device) -> torch.Tensor:
@@ -100,13 +109,19 @@ class BiModelSingle(nn.Module):
     def forward(self, x: torch.Tensor, speakers: torch.Tensor, mask: torch.Tensor,
                 lengths: torch.Tensor, num_parties: int) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, T, d], speakers [B, T] -> (logits [B, T, C], hidden [B, T, 2 D_h])."""
-        B, T, _ = x.shape
+        T = x.shape[1]
         u, spk = x.transpose(0, 1), speakers.transpose(0, 1)         # time-major
         ef = self.drop(self.rnn_f(u, spk, num_parties))
         rev = reverse_index(lengths, T)
         u_r = u.gather(0, rev[..., None].expand_as(u))
         er = self.rnn_r(u_r, spk.gather(0, rev), num_parties)
-        er = self.drop(er.gather(0, rev[..., None].expand_as(er)))
+        return self.head(ef, self.drop(er.gather(0, rev[..., None].expand_as(er))), mask)
+
+    def head(self, ef: torch.Tensor, er: torch.Tensor, mask: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Dropped-out emotion states of both directions [T, B, D_e] (time order) -> logits,
+        hidden."""
+        B, T = mask.shape
         emo = torch.cat([ef, er], -1).transpose(0, 1)                # [B, T, 2 D_e]
         emo = self.pe_drop(emo + sinusoid(T, emo.shape[-1], emo.device))
         H, dh = self.heads, emo.shape[-1] // self.heads
@@ -117,3 +132,84 @@ class BiModelSingle(nn.Module):
         att = F.layer_norm(self.fc(ctx) + emo, emo.shape[-1:])       # fresh LayerNorm: no affine
         hidden = self.drop(torch.relu(self.linear(att)))
         return self.smax_fc(hidden), hidden
+
+
+def _gru(xi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
+    """``nn.GRUCell`` for K chains at once, given the input projection xi = x W_ih^T + b_ih
+    [K, B, 3H]; h [K, B, H], w_hh [K, H, 3H] (transposed), b_hh [K, 3H]."""
+    ir, iz, i_n = xi.chunk(3, -1)
+    hr, hz, h_n = torch.baddbmm(b_hh[:, None], h, w_hh).chunk(3, -1)
+    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+    n = torch.tanh(i_n + r * h_n)
+    return n + z * (h - n)                                          # (1 - z) n + z h
+
+
+def dialogue_rnns_fused(models: list[BiModelSingle], xs: list[torch.Tensor],
+                        speakers: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
+                        num_parties: int, bf16: bool = False
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Both directions' emotion states (time order, [T, B, D_e] each) of every model, the
+    DialogueRNN recursion of :class:`DialogueRNN` for all 2 M chains at once (module docstring).
+
+    Padded steps get zero utterance projections instead of the biases: they come after a
+    dialogue's real steps in both directions, so they never reach a real position."""
+    B, T = mask.shape
+    pk = Packing(mask)
+    rev = reverse_index(lengths, T)
+    spk_f = speakers.transpose(0, 1)
+    spk_r = spk_f.gather(0, rev)
+    cells = [c for m in models for c in (m.rnn_f, m.rnn_r)]         # chain k: model k // 2
+    first = cells[0]
+    d_g, d_p, K = first.d_g, first.d_p, len(cells)
+    gs, ps = [], []
+    for m, x in zip(models, xs):                                    # utterance parts, all steps
+        d_m = x.shape[-1]
+        pair = (m.rnn_f, m.rnn_r)
+        w = torch.cat([c.g_cell.weight_ih[:, :d_m] for c in pair]
+                      + [c.p_cell.weight_ih[:, :d_m] for c in pair])
+        b = torch.cat([c.g_cell.bias_ih for c in pair] + [c.p_cell.bias_ih for c in pair])
+        with bf16_autocast(x.device, bf16):
+            proj = F.linear(pk.unpad(x), w, b).float()
+        proj = pk.pad(proj).transpose(0, 1)                         # [T, B, 6 (D_g + D_p)]
+        g_f, g_r, p_f, p_r = proj.split([3 * d_g, 3 * d_g, 3 * d_p, 3 * d_p], -1)
+        gs += [g_f, g_r.gather(0, rev[..., None].expand_as(g_r))]
+        ps += [p_f, p_r.gather(0, rev[..., None].expand_as(p_r))]
+    G, P = torch.stack(gs, 1), torch.stack(ps, 1)                   # [T, K, B, 3 D_g / 3 D_p]
+    d_ms = [x.shape[-1] for x in xs for _ in range(2)]
+
+    def stack(f):
+        return torch.stack([f(c, d) for c, d in zip(cells, d_ms)])
+    wq_g = stack(lambda c, d: c.g_cell.weight_ih[:, d:].t())        # [K, D_p, 3 D_g]
+    wh_g, bh_g = stack(lambda c, d: c.g_cell.weight_hh.t()), stack(lambda c, d: c.g_cell.bias_hh)
+    wc_p = stack(lambda c, d: c.p_cell.weight_ih[:, d:].t())        # [K, D_g, 3 D_p]
+    wh_p, bh_p = stack(lambda c, d: c.p_cell.weight_hh.t()), stack(lambda c, d: c.p_cell.bias_hh)
+    wi_e, bi_e = stack(lambda c, d: c.e_cell.weight_ih.t()), stack(lambda c, d: c.e_cell.bias_ih)
+    wh_e, bh_e = stack(lambda c, d: c.e_cell.weight_hh.t()), stack(lambda c, d: c.e_cell.bias_hh)
+    w_att = stack(lambda c, d: c.attention.weight.t())[:, None]    # [K, 1, D_g, 1]
+    S = torch.stack([spk_f, spk_r] * len(models), 1)                # [T, K, B]
+    onehot = F.one_hot(S, num_parties).bool()[..., None]            # [T, K, B, P, 1]
+    sel = S[..., None, None].expand(T, K, B, 1, d_p)
+    pe = sinusoid(T, d_g, mask.device)
+    tr = first.training
+    p, p_pe = first.drop.p, first.pe_drop.p
+    q = G.new_zeros(K, B, num_parties, d_p)
+    g, e = G.new_zeros(K, B, d_g), G.new_zeros(K, B, first.d_e)
+    hist, out = [], []
+    G, P = G.unbind(0), P.unbind(0)          # one backward for all steps (not one per G[t])
+    for t in range(T):
+        q_sel = q.gather(2, sel[t]).squeeze(2)                      # the speaker's state
+        g = dropout(_gru(torch.baddbmm(G[t], q_sel, wq_g), g, wh_g, bh_g), p, tr)   # Eq. (1)
+        if t == 0:
+            c = torch.zeros_like(g)
+        else:                                                       # Eq. (2) over g_1..g_{t-1}
+            mem = dropout(torch.stack(hist, 2), p_pe, tr)           # [K, B, t, D_g]
+            a = torch.softmax((mem @ w_att).squeeze(-1), -1)
+            c = (a[:, :, None] @ mem).squeeze(2)
+        q_new = dropout(_gru(torch.baddbmm(P[t], c, wc_p), q_sel, wh_p, bh_p), p, tr)  # Eq. (3)
+        q = torch.where(onehot[t], q_new[:, :, None], q)
+        e = dropout(_gru(torch.baddbmm(bi_e[:, None], q_new, wi_e), e, wh_e, bh_e), p, tr)  # (4)
+        hist.append(g + pe[t])
+        out.append(e)
+    E = torch.stack(out, 1)                                         # [K, T, B, D_e]
+    return [(E[2 * i], E[2 * i + 1].gather(0, rev[..., None].expand_as(E[2 * i + 1])))
+            for i in range(len(models))]

@@ -63,8 +63,9 @@ from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from typing import Literal
 
-from merc.models.backbones._common import SequenceEncoder, late_fusion_output
-from merc.models.backbones._dialoguernn import BiModelSingle
+from merc.models.backbones._common import (Kernels, SequenceEncoder, bf16_autocast,
+                                           late_fusion_output)
+from merc.models.backbones._dialoguernn import BiModelSingle, dialogue_rnns_fused
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
 
@@ -80,6 +81,9 @@ class BiDDINConfig(ModelConfig):
     encoder: Literal["released", "light"] = "released"      # SPCL copy / lighter structure
     encoder_layers: int = Field(1, ge=1)      # light only
     causal_attention: bool = False            # light only
+    # how the released network is computed (module docstring, "Speed"); not hyperparameters
+    kernels: Kernels = "fused"                # all chains batched per step; "modules": per chain
+    autocast_bf16: bool = False               # the utterance input projections in bf16 (opt-in)
 
     PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
@@ -160,9 +164,20 @@ class BiDDIN(MercModel):
         mask = batch.mask
         spk = batch.speakers.clamp(0, self.num_parties - 1)
         z, feats = {}, {}
-        for m in self.modalities:
-            logit, hidden = self.bimodel[m](batch.features[m], spk, mask, batch.lengths,
-                                            self.num_parties)
+        models = [self.bimodel[m] for m in self.modalities]
+        fused, bf16 = self.config.kernels == "fused", self.config.autocast_bf16
+        if fused:                                                    # all chains at once
+            states = dialogue_rnns_fused(models, [batch.features[m] for m in self.modalities],
+                                         spk, mask, batch.lengths, self.num_parties, bf16)
+        for k, m in enumerate(self.modalities):
+            bm = models[k]
+            if fused:
+                logit, hidden = bm.head(bm.drop(states[k][0]), bm.drop(states[k][1]), mask)
+            else:
+                with bf16_autocast(mask.device, bf16):
+                    logit, hidden = bm(batch.features[m], spk, mask, batch.lengths,
+                                       self.num_parties)
+                logit, hidden = logit.float(), hidden.float()
             z[m] = logit * mask[..., None]                           # SPCL Eq. (1), zero padding
             feats[f"features_{m}"] = hidden
         out = late_fusion_output(z)                                  # SPCL Eq. (2)

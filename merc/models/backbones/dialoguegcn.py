@@ -55,9 +55,10 @@ from torch_geometric.utils import softmax
 
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
-from merc.models.backbones._common import (RELEASED_FFN, InputWidthTransformer, SequenceEncoder,
-                                           cached_window_edges, late_fusion_output,
-                                           speaker_relation_types, to_padded)
+from merc.models.backbones._common import (RELEASED_FFN, InputWidthTransformer, Kernels,
+                                           SequenceEncoder, bf16_autocast, cached_window_edges,
+                                           late_fusion_output, speaker_relation_types, to_padded)
+from merc.models.corect_fused import Packing
 from merc.models.base import MercModel, Output, register_model
 
 #: SPCL Table 2 / the SPCL launch defaults shared by the four backbones
@@ -80,6 +81,9 @@ class DialogueGCNConfig(ModelConfig):
     window_past: int = Field(2, ge=-1)             # SPCL wp=2 (original 10); -1 = unbounded
     window_future: int = Field(2, ge=-1)           # SPCL wf=2 (original 10)
     num_bases: int = Field(30, ge=1)               # RGCNConv(num_bases=30), original and SPCL
+    # how the same network is computed (module docstring, "Speed"); not hyperparameters
+    kernels: Kernels = "fused"                     # packed encoders; "modules": padded nn modules
+    autocast_bf16: bool = False                    # encoders' matmuls in bf16 (opt-in)
 
     PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
@@ -127,8 +131,14 @@ class ReleasedBranch(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, batch: Batch, edge_index: torch.Tensor,
-                edge_type: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.encoder(x, batch.mask, batch.lengths)[batch.mask]    # [U, g]
+                edge_type: torch.Tensor, pk: Packing | None = None, bf16: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        with bf16_autocast(x.device, bf16):
+            if pk is not None:                                      # kernels="fused"
+                g = self.encoder.forward_packed(pk.unpad(x), pk, batch.mask)
+            else:
+                g = self.encoder(x, batch.mask, batch.lengths)[batch.mask]
+        g = g.float()                                               # [U, g]
         src, dst = edge_index
         # Eq. (1) as released: score_jk = (W g_k)^T g_j, softmax over the targets k of source j
         score = ((g[dst] @ self.edge_att.T) * g[src]).sum(-1)
@@ -200,8 +210,12 @@ class DialogueGCN(MercModel):
         edge_type = speaker_relation_types(edge_index, batch.speakers[mask].clamp(0, num_spk - 1),
                                            num_spk)
         z, feats = {}, {}
+        extra = {}
+        if cfg.encoder == "released":
+            extra = {"pk": Packing(mask) if cfg.kernels == "fused" else None,
+                     "bf16": cfg.autocast_bf16}
         for m in self.modalities:
-            logit, v = self.branches[m](batch.features[m], batch, edge_index, edge_type)
+            logit, v = self.branches[m](batch.features[m], batch, edge_index, edge_type, **extra)
             z[m], feats[f"features_{m}"] = to_padded(logit, mask), to_padded(v, mask)  # Eq. (1)
         out = late_fusion_output(z)                                 # SPCL Eq. (2)
         out.extras.update(feats)

@@ -38,7 +38,7 @@ from torch import nn
 
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
-from merc.models.backbones._common import RELEASED_FFN
+from merc.models.backbones._common import RELEASED_FFN, Kernels
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.backbones.mmgcn import MMGCN, split_heads
 from merc.models.base import Output, register_model
@@ -59,6 +59,8 @@ class MMDFNConfig(ModelConfig):
     gcn_variant: Optional[bool] = None        # None: True (released, mmgcn), False (light)
     use_speaker: bool = False                 # SPCL copy: created, never applied
     detach_adjacency: bool = False
+    kernels: Kernels = "fused"                # as MMGCN: packed encoders / padded nn modules
+    autocast_bf16: bool = False               # encoders' matmuls in bf16 (opt-in)
 
     PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 

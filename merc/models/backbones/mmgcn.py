@@ -55,8 +55,9 @@ from torch import nn
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from merc.models.backbones._common import (RELEASED_FFN, DenseMultimodalAdjacency, GCNIILayer,
-                                           InputWidthTransformer, SequenceEncoder,
-                                           late_fusion_output)
+                                           InputWidthTransformer, Kernels, SequenceEncoder,
+                                           bf16_autocast, late_fusion_output)
+from merc.models.corect_fused import Packing
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
 
@@ -76,6 +77,9 @@ class MMGCNConfig(ModelConfig):
     gcn_variant: Optional[bool] = None        # None: True (released, mmgcn), False (light)
     use_speaker: bool = False                 # SPCL copy: created, never applied
     detach_adjacency: bool = False            # original: similarities carry gradients
+    # how the same network is computed (module docstring, "Speed"); not hyperparameters
+    kernels: Kernels = "fused"                # packed encoders; "modules": padded nn modules
+    autocast_bf16: bool = False               # encoders' matmuls in bf16 (opt-in)
 
     PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
@@ -113,13 +117,25 @@ class MultimodalGraphEncoder(nn.Module):
                         if released or (cfg.use_speaker and "text" in self.modalities) else None)
         self.use_speaker = cfg.use_speaker and "text" in self.modalities
         self.detach_adjacency = cfg.detach_adjacency
+        self.fused, self.bf16 = cfg.kernels == "fused", cfg.autocast_bf16
+
+    def encode(self, m: str, batch: Batch, pk: Packing) -> torch.Tensor:
+        """Modality m's encoder output [B, N, e]; fused: packed, zero rows at padding."""
+        enc = self.encoders[m]
+        with bf16_autocast(batch.mask.device, self.bf16):
+            if self.fused and isinstance(enc, InputWidthTransformer):
+                x = pk.pad(enc.forward_packed(pk.unpad(batch.features[m]), pk, batch.mask))
+            else:
+                x = enc(batch.features[m], batch.mask, batch.lengths)
+        return x.float()
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, DenseMultimodalAdjacency]:
         """Node features [M, B, N, d] (zero at padding) and the normalised adjacency."""
         mask = batch.mask
+        pk = Packing(mask)
         rows = []
         for m in self.modalities:
-            x = self.encoders[m](batch.features[m], mask, batch.lengths)
+            x = self.encode(m, batch, pk)
             if m in self.align:
                 x = self.align[m](x)
             if m == "text" and self.use_speaker:

@@ -1,0 +1,110 @@
+"""The backbones' ``kernels="fused"`` path (the default) computes the ``"modules"`` path's function:
+logits and every parameter gradient to 1e-5, at the released structure (small widths)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from merc.data.dataset import MercData
+from merc.models import build_model
+from merc.train import resolve_config
+
+#: the released structures at small widths (as tests/test_backbones.py's RELEASED_SMALL)
+RELEASED_SMALL = {"mmgcn": {"encoder_ff": 16}, "mmdfn": {"encoder_ff": 16},
+                  "dialoguegcn": {"encoder_ff": 16, "hidden2_size": 6},
+                  "biddin": {"party_size": 6, "emotion_size": 4, "classifier_size": 4}}
+FUSED = list(RELEASED_SMALL)
+
+
+@pytest.fixture(scope="module")
+def small(small_dir):
+    return MercData(small_dir, "ATV")
+
+
+def _twins(name: str, meta, **over):
+    """(modules, fused) models with the same parameters, every dropout off."""
+    kw = {"hidden_size": 8, "dropout": 0.0} | RELEASED_SMALL[name] | over
+    models = []
+    for kernels in ("modules", "fused"):
+        _, cfg = resolve_config(name, kw | {"kernels": kernels})
+        torch.manual_seed(0)
+        models.append(build_model(name, cfg, meta))
+    models[1].load_state_dict(models[0].state_dict())
+    for model in models:
+        for mod in model.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = 0.0                       # BiDDIN's fixed positional dropout (0.1)
+    return models
+
+
+def _run(model, batch) -> dict[str, torch.Tensor]:
+    model.train()
+    out = model(batch)
+    w = torch.linspace(-1, 1, out.logits.shape[-1])
+    loss = (out.logits[batch.mask] * w).sum()
+    for k, z in enumerate(out.modality_logits.values()):        # per-modality logits too
+        loss = loss + 0.1 * (k + 1) * (z[batch.mask] * w).sum()
+    loss.backward()
+    res = {n: p.grad for n, p in model.named_parameters()}
+    res["train logits"] = out.logits[batch.mask].detach()
+    model.eval()
+    with torch.no_grad():
+        res["eval logits"] = model(batch).logits[batch.mask]
+    return res
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("idx", [(0, 1, 2, 5), (3,)])
+def test_fused_equals_modules(name, idx, small):
+    """Logits (train and eval mode) and every parameter gradient agree to 1e-5; the parameters
+    the release never uses get no gradient on either path."""
+    mods, fused = _twins(name, small.meta)
+    assert fused.config.kernels == "fused" and mods.config.kernels == "modules"
+    batch = small["train"].batch(list(idx))
+    a, b = _run(mods, batch), _run(fused, batch)
+    assert a.keys() == b.keys()
+    scale = max(float(g.abs().max()) for g in a.values() if g is not None)
+    for key in a:
+        if a[key] is None:
+            assert b[key] is None, key
+            continue
+        assert b[key] is not None, key
+        assert torch.allclose(a[key], b[key], atol=1e-5 * max(scale, 1.0), rtol=1e-4), key
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_default_and_padding_invariant(name, small):
+    """A dialogue's logits do not depend on the other dialogues of its batch (eval mode)."""
+    _, cfg = resolve_config(name, {"hidden_size": 8} | RELEASED_SMALL[name])
+    assert cfg.kernels == "fused" and cfg.autocast_bf16 is False
+    torch.manual_seed(0)
+    model = build_model(name, cfg, small.meta).eval()
+    one, many = small["train"].batch([2]), small["train"].batch([2, 3, 5])
+    n = int(one.lengths[0])
+    with torch.no_grad():
+        assert torch.allclose(model(one).logits[0, :n], model(many).logits[0, :n], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_autocast_bf16_trains(name, small):
+    """bf16 autocast (opt-in): fp32 logits and gradients, close to the fp32 logits."""
+    _, cfg = resolve_config(name, {"hidden_size": 8, "autocast_bf16": True}
+                            | RELEASED_SMALL[name])
+    torch.manual_seed(0)
+    model = build_model(name, cfg, small.meta)
+    _, ref_cfg = resolve_config(name, {"hidden_size": 8} | RELEASED_SMALL[name])
+    ref = build_model(name, ref_cfg, small.meta)
+    ref.load_state_dict(model.state_dict())
+    batch = small["train"].batch([0, 1])
+    out = model(batch)
+    assert out.logits.dtype == torch.float32
+    assert all(z.dtype == torch.float32 for z in out.modality_logits.values())
+    out.logits[batch.mask].sum().backward()
+    assert all(p.grad is None or (p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all())
+               for p in model.parameters())
+    model.eval(), ref.eval()
+    with torch.no_grad():
+        lo, hi = model(batch).logits[batch.mask], ref(batch).logits[batch.mask]
+    assert torch.allclose(lo, hi, atol=0.1 * float(hi.abs().max()) + 1e-3)
+    assert not torch.equal(lo, hi)                               # bf16 really ran
