@@ -9,7 +9,8 @@ Order of work (each step fails before the next starts):
    (:mod:`merc.sweep.datashipping`);
 3. check MLflow (an unreachable ``--mlflow-uri`` stops here, exit 3), create the experiment and
    the parent run (or find it again on ``--resume``);
-4. start or join Ray, build the Tuner (studies: the grid x seeds in a fixed order, no pruning;
+4. start or join Ray (in a thread, overlapping step 3; a sweep that fails in step 3 stops the
+   Ray it started), build the Tuner (studies: the grid x seeds in a fixed order, no pruning;
    searches: :class:`OptunaSearcher` + :class:`OptunaPruningScheduler` or ASHA) or restore it;
 5. after ``fit``: an interrupted sweep (SIGINT) exits 130 with the resume command; a finished one
    logs tables and plots to the parent run, prints the table, and (searches) re-runs the top-K
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import logging
 import math
@@ -95,6 +97,7 @@ class SweepOutcome:
 # small helpers
 
 
+@functools.lru_cache(maxsize=8)
 def git_commit(cwd: Optional[str] = None) -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).parent,
@@ -234,6 +237,15 @@ def _in_dist(v: Any, d: dict) -> bool:
         return d["low"] <= v <= d["high"]
     except TypeError:
         return False
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,6 +392,58 @@ class _Sweep:
                 client.log_artifact(self.parent_id, str(Path(d, f)))
 
     # -- 4: Ray -----------------------------------------------------------------------------------
+    def start_ray_background(self) -> None:
+        """:meth:`start_ray` in a thread (``ray.init`` mostly waits for the GCS, the raylet and
+        the prestarted workers: other processes), so that the driver's remaining set-up (data,
+        config, MLflow store and parent run) overlaps it; :meth:`join_ray` waits for it."""
+        import threading
+        if getattr(self, "_ray_thread", None) is not None:
+            return
+        import ray   # (imported here, not concurrently in two threads)
+        self._ray_was_up = ray.is_initialized()
+        self._ray_error: Optional[BaseException] = None
+
+        def start() -> None:
+            # ("SIGTERM handler is not set ... not the main thread": run_sweep sets its own)
+            quiet = logging.getLogger("ray._private.worker")
+            drop = _DropMessage("SIGTERM handler is not set")
+            quiet.addFilter(drop)
+            try:
+                self.start_ray()
+            except BaseException as err:  # noqa: BLE001 - re-raised by join_ray
+                self._ray_error = err
+            finally:
+                quiet.removeFilter(drop)
+                started.set()
+            # Ray starts its GCS and raylet with PR_SET_PDEATHSIG, which fires when the *thread*
+            # that forked them ends: this thread lives as long as the Ray it started
+            while self._ray_error is None and not self._ray_was_up and ray.is_initialized():
+                time.sleep(1.0)
+        started = threading.Event()
+        self._ray_started = started
+        self._ray_thread = threading.Thread(target=start, name="merc-ray-start", daemon=True)
+        self._ray_thread.start()
+
+    def join_ray(self, shutdown: bool = False) -> None:
+        """Wait for :meth:`start_ray_background` (or start Ray now if it never ran). With
+        ``shutdown`` (the sweep failed before its trials), a Ray this sweep started is stopped
+        again, as if it had never been started."""
+        t = getattr(self, "_ray_thread", None)
+        if t is None:
+            if not shutdown:
+                self.start_ray()
+            return
+        self._ray_started.wait()
+        self._ray_thread = None
+        if shutdown:
+            if not self._ray_was_up:
+                import ray
+                if ray.is_initialized():
+                    ray.shutdown()
+            return
+        if self._ray_error is not None:
+            raise self._ray_error
+
     def start_ray(self) -> None:
         import ray
         if ray.is_initialized():
@@ -700,8 +764,14 @@ class _Sweep:
         self.counts: dict = {}
         self.trials_s = 0.0
         self.prepare()
+        if self.tracking_uri.startswith(("http://", "https://")):
+            from merc.sweep.tracking import check_tracking
+            check_tracking(self.tracking_uri)   # an unreachable server: exit 3 before Ray
+        # spec, data and options are valid: Ray starts (its own processes) while this thread
+        # sets up MLflow (store, experiment, parent run); joined before the Tuner
+        self.start_ray_background()
         self.setup_tracking()
-        self.start_ray()
+        self.join_ray()
         self.p(f"[merc] sweep {self.name}: {'/'.join(self.study_models())} {self.kind} on "
                f"{self.dataset} "
                f"({self.data_root}), {self.epochs} epochs, storage {self.path()}")
@@ -791,6 +861,10 @@ def run_sweep(opts: SweepOptions) -> SweepOutcome:
         _close_parent(sweep, kind, f"{type(err).__name__}: {text}" if text
                       else type(err).__name__)
         _release_name(sweep)
+        try:   # a failure before the trials leaves no half-started Ray behind
+            sweep.join_ray(shutdown=True)
+        except BaseException:  # noqa: BLE001 - the original error matters
+            pass
         raise
     finally:
         if prev is not None:
