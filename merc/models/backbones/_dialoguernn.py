@@ -134,11 +134,11 @@ class BiModelSingle(nn.Module):
         return self.smax_fc(hidden), hidden
 
 
-def _gru(xi: torch.Tensor, h: torch.Tensor, w_hh: torch.Tensor, b_hh: torch.Tensor) -> torch.Tensor:
-    """``nn.GRUCell`` for K chains at once, given the input projection xi = x W_ih^T + b_ih
-    [K, B, 3H]; h [K, B, H], w_hh [K, H, 3H] (transposed), b_hh [K, 3H]."""
+def _gru(xi: torch.Tensor, hh: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``nn.GRUCell`` for K chains at once from its two projections: xi = x W_ih^T + b_ih and
+    hh = h W_hh^T + b_hh [K, B, 3H]; h [K, B, H]."""
     ir, iz, i_n = xi.chunk(3, -1)
-    hr, hz, h_n = torch.baddbmm(b_hh[:, None], h, w_hh).chunk(3, -1)
+    hr, hz, h_n = hh.chunk(3, -1)
     r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
     n = torch.tanh(i_n + r * h_n)
     return n + z * (h - n)                                          # (1 - z) n + z h
@@ -148,15 +148,19 @@ def dialogue_rnns_fused(models: list[BiModelSingle], xs: list[torch.Tensor],
                         speakers: torch.Tensor, mask: torch.Tensor, lengths: torch.Tensor,
                         num_parties: int, bf16: bool = False
                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Both directions' emotion states (time order, [T, B, D_e] each) of every model, the
-    DialogueRNN recursion of :class:`DialogueRNN` for all 2 M chains at once (module docstring).
+    """Both directions' emotion states (time order, [T, B, D_e] each, zero at padding) of every
+    model: the recursion of :class:`DialogueRNN` for all 2 M chains at once (module docstring).
 
-    Padded steps get zero utterance projections instead of the biases: they come after a
-    dialogue's real steps in both directions, so they never reach a real position."""
+    Dialogues are sorted by length and step t runs only the n_t dialogues longer than t (as
+    ``pack_padded_sequence``): a dialogue's padded steps come after its real ones in both
+    directions, so the module path's padded steps never reach a real position either."""
     B, T = mask.shape
     pk = Packing(mask)
-    rev = reverse_index(lengths, T)
-    spk_f = speakers.transpose(0, 1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    L = lengths[order]
+    live = [int(v) for v in (L[None, :] > torch.arange(T, device=L.device)[:, None]).sum(1)]
+    rev = reverse_index(L, T)                                       # [T, B], sorted dialogues
+    spk_f = speakers[order].transpose(0, 1)
     spk_r = spk_f.gather(0, rev)
     cells = [c for m in models for c in (m.rnn_f, m.rnn_r)]         # chain k: model k // 2
     first = cells[0]
@@ -170,7 +174,7 @@ def dialogue_rnns_fused(models: list[BiModelSingle], xs: list[torch.Tensor],
         b = torch.cat([c.g_cell.bias_ih for c in pair] + [c.p_cell.bias_ih for c in pair])
         with bf16_autocast(x.device, bf16):
             proj = F.linear(pk.unpad(x), w, b).float()
-        proj = pk.pad(proj).transpose(0, 1)                         # [T, B, 6 (D_g + D_p)]
+        proj = pk.pad(proj).index_select(0, order).transpose(0, 1)  # [T, B, 6 (D_g + D_p)]
         g_f, g_r, p_f, p_r = proj.split([3 * d_g, 3 * d_g, 3 * d_p, 3 * d_p], -1)
         gs += [g_f, g_r.gather(0, rev[..., None].expand_as(g_r))]
         ps += [p_f, p_r.gather(0, rev[..., None].expand_as(p_r))]
@@ -178,17 +182,21 @@ def dialogue_rnns_fused(models: list[BiModelSingle], xs: list[torch.Tensor],
     d_ms = [x.shape[-1] for x in xs for _ in range(2)]
 
     def stack(f):
-        return torch.stack([f(c, d) for c, d in zip(cells, d_ms)])
-    wq_g = stack(lambda c, d: c.g_cell.weight_ih[:, d:].t())        # [K, D_p, 3 D_g]
-    wh_g, bh_g = stack(lambda c, d: c.g_cell.weight_hh.t()), stack(lambda c, d: c.g_cell.bias_hh)
-    wc_p = stack(lambda c, d: c.p_cell.weight_ih[:, d:].t())        # [K, D_g, 3 D_p]
-    wh_p, bh_p = stack(lambda c, d: c.p_cell.weight_hh.t()), stack(lambda c, d: c.p_cell.bias_hh)
-    wi_e, bi_e = stack(lambda c, d: c.e_cell.weight_ih.t()), stack(lambda c, d: c.e_cell.bias_ih)
-    wh_e, bh_e = stack(lambda c, d: c.e_cell.weight_hh.t()), stack(lambda c, d: c.e_cell.bias_hh)
-    w_att = stack(lambda c, d: c.attention.weight.t())[:, None]    # [K, 1, D_g, 1]
+        w = torch.stack([f(c, d) for c, d in zip(cells, d_ms)])
+        return w.to(torch.bfloat16) if bf16 else w                 # cast once, not per step
+    # q_sel's parts: Eq. (1)'s input (u_t ; q) and Eq. (3)'s hidden state, one matmul
+    w_q = torch.cat([stack(lambda c, d: c.g_cell.weight_ih[:, d:].t()),
+                     stack(lambda c, d: c.p_cell.weight_hh.t())], -1)   # [K, D_p, 3 D_g + 3 D_p]
+    wh_g, wc_p = stack(lambda c, d: c.g_cell.weight_hh.t()), stack(
+        lambda c, d: c.p_cell.weight_ih[:, d:].t())                 # [K, D_g, 3 D_g / 3 D_p]
+    wi_e, wh_e = stack(lambda c, d: c.e_cell.weight_ih.t()), stack(lambda c, d: c.e_cell.weight_hh.t())
+    bh_g, bh_p, bi_e, bh_e = (torch.stack([getattr(getattr(c, cell), n) for c in cells])[:, None]
+                              for cell, n in (("g_cell", "bias_hh"), ("p_cell", "bias_hh"),
+                                              ("e_cell", "bias_ih"), ("e_cell", "bias_hh")))
+    w_att = torch.stack([c.attention.weight for c in cells])        # [K, 1, D_g]
     S = torch.stack([spk_f, spk_r] * len(models), 1)                # [T, K, B]
-    onehot = F.one_hot(S, num_parties).bool()[..., None]            # [T, K, B, P, 1]
-    sel = S[..., None, None].expand(T, K, B, 1, d_p)
+    onehot = F.one_hot(S, num_parties).bool()[..., None].unbind(0)  # T x [K, B, P, 1]
+    sel = S[..., None, None].expand(T, K, B, 1, d_p).unbind(0)
     pe = sinusoid(T, d_g, mask.device)
     tr = first.training
     p, p_pe = first.drop.p, first.pe_drop.p
@@ -196,20 +204,32 @@ def dialogue_rnns_fused(models: list[BiModelSingle], xs: list[torch.Tensor],
     g, e = G.new_zeros(K, B, d_g), G.new_zeros(K, B, first.d_e)
     hist, out = [], []
     G, P = G.unbind(0), P.unbind(0)          # one backward for all steps (not one per G[t])
-    for t in range(T):
-        q_sel = q.gather(2, sel[t]).squeeze(2)                      # the speaker's state
-        g = dropout(_gru(torch.baddbmm(G[t], q_sel, wq_g), g, wh_g, bh_g), p, tr)   # Eq. (1)
-        if t == 0:
-            c = torch.zeros_like(g)
-        else:                                                       # Eq. (2) over g_1..g_{t-1}
-            mem = dropout(torch.stack(hist, 2), p_pe, tr)           # [K, B, t, D_g]
-            a = torch.softmax((mem @ w_att).squeeze(-1), -1)
-            c = (a[:, :, None] @ mem).squeeze(2)
-        q_new = dropout(_gru(torch.baddbmm(P[t], c, wc_p), q_sel, wh_p, bh_p), p, tr)  # Eq. (3)
-        q = torch.where(onehot[t], q_new[:, :, None], q)
-        e = dropout(_gru(torch.baddbmm(bi_e[:, None], q_new, wi_e), e, wh_e, bh_e), p, tr)  # (4)
-        hist.append(g + pe[t])
-        out.append(e)
-    E = torch.stack(out, 1)                                         # [K, T, B, D_e]
+    n = B
+    with bf16_autocast(mask.device, bf16):
+        for t in range(T):
+            if live[t] < n:                                         # dialogues that ended
+                n = live[t]
+                q, g, e = q[:, :n], g[:, :n], e[:, :n]
+                hist = [h[:, :n] for h in hist]
+            q_sel = q.gather(2, sel[t][:, :n]).squeeze(2)           # the speaker's state
+            qq = torch.bmm(q_sel, w_q)
+            g = dropout(_gru(G[t][:, :n] + qq[..., :3 * d_g], torch.baddbmm(bh_g, g, wh_g), g),
+                        p, tr)                                      # Eq. (1)
+            if t == 0:
+                c = torch.zeros_like(g)
+            else:                                                   # Eq. (2) over g_1..g_{t-1}
+                mem = dropout(torch.stack(hist), p_pe, tr)          # [t, K, n, D_g]
+                a = torch.softmax((mem * w_att).sum(-1), 0)
+                c = (a[..., None] * mem).sum(0)
+            q_new = dropout(_gru(torch.baddbmm(P[t][:, :n], c, wc_p), qq[..., 3 * d_g:] + bh_p,
+                                 q_sel), p, tr)                     # Eq. (3)
+            q = torch.where(onehot[t][:, :n], q_new[:, :, None], q)
+            e = dropout(_gru(torch.baddbmm(bi_e, q_new, wi_e), torch.baddbmm(bh_e, e, wh_e), e),
+                        p, tr)                                      # Eq. (4)
+            hist.append(g + pe[t])
+            out.append(F.pad(e, (0, 0, 0, B - n)))
+    E = torch.stack(out, 1).float()                                 # [K, T, B, D_e], sorted
+    E = E.index_select(2, torch.argsort(order))
+    rev = reverse_index(lengths, T)
     return [(E[2 * i], E[2 * i + 1].gather(0, rev[..., None].expand_as(E[2 * i + 1])))
             for i in range(len(models))]

@@ -31,6 +31,16 @@ utterances and splits heads per dialogue (the release reshapes the time-major [T
 through the step-wise cells, each dialogue's backward pass starting at its own last utterance (as
 the release's ``_reverse_seq``); ``extras["features_<m>"]`` carries the classifier's hidden layer.
 
+Speed: the cells are sequential over the utterances, so a step is many small ops. ``kernels="fused"``
+(default, :func:`merc.models.backbones._dialoguernn.dialogue_rnns_fused`) runs the 2 M chains
+(modalities x directions) in one loop over time with batched matmuls, the utterance parts of the
+GRU inputs precomputed for all steps in one matmul per modality; equal to ``kernels="modules"`` (one
+``DialogueRNN`` module per chain) to 1e-5 on logits and gradients (``tests/test_backbones_fused.py``;
+dropouts: same distribution, not the same random stream). What stays quadratic in the dialogue
+length is the release's own: the attention re-reads the whole global history every step, with a
+fresh positional dropout on it. ``autocast_bf16`` (opt-in): the utterance projections in bf16 (fused;
+the module path runs under autocast), the recurrence in fp32.
+
 ``encoder="light"`` keeps the lighter, vectorised structure this project used before:
 1. *intra-modal* influence: a bidirectional GRU over the dialogue on modality m alone,
    c^m_i = BiGRU_m(x^m)_i (SPCL sec. 4.2: "a bidirectional GRU for modality-specific encoding");

@@ -27,6 +27,8 @@ BiLSTM / Linear encoders with the released gated attention.
 Remaining differences from the release: as MMGCN (padding masked in the encoders, dense adjacency
 blocks); the gated attention's dropout is ``dropout`` (the release hard-codes 0.5, equal at the
 default); ``extras["features_<m>"]`` carries o^m (for the RNA plug-in).
+
+Speed: as MMGCN (``kernels="fused"``: packed encoders, the default; ``autocast_bf16``: opt-in).
 """
 from __future__ import annotations
 

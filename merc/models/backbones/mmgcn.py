@@ -34,7 +34,13 @@ Speed: the graph is fully connected inside each dialogue (n^2 edges per modality
 one PyG message per edge the adjacency is kept in dense per-dialogue blocks
 (:class:`merc.models.backbones._common.DenseMultimodalAdjacency`); it is the same graph and the same
 weights as the edge-list builders ``multimodal_graph`` / ``angular_norm_weights`` (checked in
-``tests/test_backbones.py``), about 10x faster on CPU.
+``tests/test_backbones.py``), about 10x faster on CPU. The released encoders are >90% of a step;
+``kernels="fused"`` (default) runs them packed (position-wise layers on the real utterances only,
+attention per dialogue in one masked SDPA, :func:`merc.models.corect_fused.text_encoder_packed`),
+equal to ``kernels="modules"`` (padded ``nn.TransformerEncoder``) to 1e-5 on logits and gradients
+(``tests/test_backbones_fused.py``; its dropouts have the same distribution, not the same random
+stream). ``autocast_bf16`` (opt-in): the encoders' matmuls in bf16, attention scores, adjacency,
+GCNII and heads in fp32.
 
 Pitfalls of the reference code turned into explicit config values:
 * Depth: the original builds ``MM_GCN`` with ``nlayers=64`` *hard-coded* (its ``--Deep_GCN_nlayers 4``
