@@ -124,13 +124,16 @@ def _corect_steppers(root: Path) -> tuple[dict, list, int]:
     from benchmarks.corect_official_shaped import OfficialShapedCorect
     from merc.data.dataset import MercData
     from merc.models import build_model
-    from merc.train import _per_utterance_loss, resolve_config
+    from merc.train import _per_utterance_loss, make_optimizer, resolve_config
     data = MercData(root)
     train, _ = resolve_config("corect", {}, "iemocap6", source="benchmark")
     steppers, counts = {}, {}
 
-    def make(model, loss_fn):
-        opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+    def make(model, loss_fn, official=False):
+        # each side's own optimizer: the official code's torch.optim.Adam (the per-tensor loop on
+        # CPU), this project's merc.train.make_optimizer (fused Adam), as merc.train.fit uses it
+        opt = (torch.optim.Adam(model.parameters(), lr=train.lr) if official else
+               make_optimizer(train, list(model.parameters()), torch.device("cpu")))
         model.train()
 
         def step(b):
@@ -147,7 +150,7 @@ def _corect_steppers(root: Path) -> tuple[dict, list, int]:
     torch.manual_seed(0)
     off = OfficialShapedCorect(dict(data.meta.dims), data.meta.num_classes,
                                max(data.meta.num_speakers, 1))
-    steppers["official-shaped"] = make(off, lambda m, b: m.loss(b))
+    steppers["official-shaped"] = make(off, lambda m, b: m.loss(b), official=True)
     counts["official-shaped"] = sum(p.numel() for p in off.parameters())
     for name, over in CORECT_VARIANTS.items():
         _, mcfg = resolve_config("corect", over, "iemocap6", source="benchmark")

@@ -133,6 +133,15 @@ def evaluate(model, split: DialogueSplit, batch_size: int, device, num_classes: 
     return m
 
 
+def make_optimizer(train: TrainConfig, params, device: torch.device) -> torch.optim.Optimizer:
+    """Adam / AdamW as configured, with PyTorch's fused kernel on CPU and CUDA: the same update
+    rule, one pass over all parameters instead of ~6 ops per tensor (the for-loop default on CPU
+    cost ~75 ms of a 1 s CORECT step; fused ~20 ms)."""
+    opt_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
+    return opt_cls(params, lr=train.lr, weight_decay=train.weight_decay,
+                   fused=device.type in ("cpu", "cuda"))
+
+
 def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelConfig, *,
         report: Optional[Callable[[dict[str, float], int], None]] = None,
         checkpoint: Optional[Callable[[dict[str, Any], int], None]] = None,
@@ -148,8 +157,7 @@ def fit(model_name: str, data: MercData, train: TrainConfig, model_cfg: ModelCon
     model = build_model(model_name, model_cfg, meta).to(device)
     num_params = sum(p.numel() for p in model.parameters())
     params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.AdamW if train.optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(params, lr=train.lr, weight_decay=train.weight_decay)
+    opt = make_optimizer(train, params, device)
     sched = None
     if train.scheduler == "plateau":
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, "min", factor=0.5, patience=5)

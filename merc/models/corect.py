@@ -62,8 +62,8 @@ from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from merc.graphs import corect_graph, num_relations
 from merc.models.base import MercModel, Output, register_model
-from merc.models.corect_fused import (Bands, Packing, gt_banded, mha_packed, rgcn_banded,
-                                      text_encoder_packed)
+from merc.models.corect_fused import (Bands, Packing, dropout, grouped_cross_modal, gt_banded,
+                                      mha_packed, rgcn_banded, text_encoder_packed)
 
 
 class CorectConfig(ModelConfig):
@@ -158,9 +158,10 @@ class CrossModalLayer(nn.Module):
         """:meth:`forward` on packed [U, d] inputs (``merc.models.corect_fused``), same eqs."""
         q = self.ln_q(z)
         kv = None if self.ln_kv is None else self.ln_kv(z0)
-        zbar = self.drop(mha_packed(self.attn, q, kv, pk, key_mask)) + q   # Eqs. (11)-(12)
+        p, tr = self.drop.p, self.training
+        zbar = dropout(mha_packed(self.attn, q, kv, pk, key_mask), p, tr) + q   # Eqs. (11)-(12)
         h = self.ln_ff(zbar)
-        return self.drop(self.ff2(self.drop(F.relu(self.ff1(h))))) + h    # Eqs. (12)-(13)
+        return dropout(self.ff2(dropout(F.relu(self.ff1(h)), p, tr)), p, tr) + h  # Eqs. (12)-(13)
 
 
 class PairwiseCrossModal(nn.Module):
@@ -202,20 +203,20 @@ class PairwiseCrossModal(nn.Module):
 
     def forward_packed(self, xs: list[torch.Tensor], key_masks: list[torch.Tensor],
                        mask: torch.Tensor, pk: Packing) -> torch.Tensor:
-        """:meth:`forward` on packed [U, d] inputs; returns [U, M(M-1)d]."""
-        per_target: list[list[torch.Tensor]] = [[] for _ in xs]
-        for (s, t), name in zip(self.pairs, self.names):
-            z = xs[t]
-            for layer in self.cross[name]:
-                z = layer.forward_packed(z, xs[s], pk, key_masks[s])
-            per_target[t].append(z)
-        outs = []
-        for t, zs in enumerate(per_target):
-            z = torch.cat(zs, dim=-1)
-            for layer in self.mem[t]:
-                z = layer.forward_packed(z, None, pk, mask)
-            outs.append(z)
-        return torch.cat(outs, dim=-1)
+        """:meth:`forward` on packed [U, d] inputs, all pairs' layer i (then all targets' memory
+        layer i) as one grouped layer (``corect_fused.grouped_cross_modal``); [U, M(M-1)d]."""
+        M = len(xs)
+        z = torch.stack([xs[t] for _, t in self.pairs])                # Z^{s->t}_[0] = X^t
+        z0 = torch.stack([xs[s] for s, _ in self.pairs])
+        km = torch.stack([key_masks[s] for s, _ in self.pairs])
+        for i in range(len(self.cross[self.names[0]])):                # D layers, eq. (12)
+            z = grouped_cross_modal([self.cross[n][i] for n in self.names], z, z0, pk, km)
+        z = torch.stack([torch.cat([z[g] for g, (_, t) in enumerate(self.pairs) if t == tt], -1)
+                         for tt in range(M)])                          # concat over sources
+        for i in range(len(self.mem[0])):
+            z = grouped_cross_modal([self.mem[t][i] for t in range(M)], z, None, pk,
+                                    mask.expand(M, *mask.shape))
+        return torch.cat(list(z), dim=-1)
 
 
 @register_model("corect", CorectConfig, paper="Nguyen et al., Findings of EMNLP 2023")

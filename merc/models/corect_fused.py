@@ -56,21 +56,98 @@ class Packing:
         """``x`` [*lead, U, *f] -> [*lead, B, N, *f], zeros at padding."""
         shape = x.shape
         out = x.new_zeros(*shape[:lead], self.B * self.N, *shape[lead + 1:])
-        out = out.index_copy(lead, self.idx, x)
+        out.index_copy_(lead, self.idx, x)
         return out.view(*shape[:lead], self.B, self.N, *shape[lead + 1:])
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Inverted dropout (``F.dropout``'s distribution: zero with probability ``p``, survivors
+    scaled by 1/(1-p)) drawn from one fp32 uniform per element. Why: ATen's CPU ``bernoulli_``
+    costs ~14 ns per element, 3x a uniform draw, and the text Transformer's dropouts (p = 0.5 on
+    [U, 768], [U, 2048] and the attention probabilities) drew ~4M per step (~9% of a bf16 step).
+    Not the same random stream as ``nn.Dropout``, the same distribution."""
+    if not training or p == 0.0:
+        return x
+    keep = torch.rand(x.shape, device=x.device) >= p
+    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
 
 
 def packed_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
                      dropout_p: float) -> torch.Tensor:
     """Multi-head softmax(Q K^T / sqrt(d_h)) V per dialogue; ``qkv`` packed [U, 3d] (projected
     queries | keys | values), ``key_mask`` [B, N] (True = may be attended). Returns [U, d]."""
-    d = qkv.shape[-1] // 3
-    x = pk.pad(qkv.float()).view(pk.B, pk.N, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-    # under bf16 autocast the scores stay fp32 (small; the CPU bf16 SDPA backward is slow)
-    with torch.autocast(x.device.type, enabled=False):
-        o = F.scaled_dot_product_attention(x[0], x[1], x[2], attn_mask=key_mask[:, None, None, :],
-                                           dropout_p=dropout_p)
-    return pk.unpad(o.transpose(1, 2)).reshape(pk.U, d)
+    return grouped_attention(qkv[None], pk, key_mask[None], heads, dropout_p)[0]
+
+
+def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
+                      dropout_p: float) -> torch.Tensor:
+    """:func:`packed_attention` for G independent attention modules at once: ``qkv`` [G, U, 3d],
+    ``key_mask`` [G, B, N]; returns [G, U, d]. Without dropout one fused SDPA over all G x heads;
+    with dropout SDPA's own math path written out, so that the probabilities go through
+    :func:`dropout` instead of ``bernoulli_``."""
+    G, U, d3 = qkv.shape
+    d, B, N = d3 // 3, pk.B, pk.N
+    lowp = torch.is_autocast_enabled(qkv.device.type)       # autocast_bf16: bf16 matmuls
+    # [G, 3, heads, B, N, d_h]: heads lead the dialogue axis (SDPA's batch and head axes swapped,
+    # the same computation), so q, k, v come out of the padding contiguous
+    x = qkv if lowp else qkv.float()
+    x = pk.pad(x.view(G, U, 3, heads, d // heads).permute(0, 2, 3, 1, 4), lead=3)
+    q, k, v = (x[:, i].reshape(G * heads, B, N, d // heads) for i in range(3))
+    mask = key_mask[:, None, :, None, :].expand(G, heads, B, 1, N).reshape(G * heads, B, 1, N)
+    if dropout_p > 0.0 or lowp:
+        # SDPA's math path written out: under autocast the two matmuls run in bf16 and the softmax
+        # in fp32 (the usual mixed precision; the CPU's fused bf16 SDPA backward is 2-3x slower),
+        # and the probabilities go through :func:`dropout` instead of ``bernoulli_``
+        s = (q @ k.transpose(-1, -2)).float().mul_(1.0 / math.sqrt(d // heads))
+        a = torch.softmax(s.masked_fill_(~mask, float("-inf")), dim=-1)
+        o = dropout(a, dropout_p, dropout_p > 0.0) @ v
+    else:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    o = pk.unpad(o.view(G, heads, B, N, d // heads), lead=2)            # [G, heads, U, d_h]
+    return o.transpose(1, 2).reshape(G, U, d)
+
+
+def _stack(mods, name: str) -> torch.Tensor:
+    return torch.stack([getattr(m, name) for m in mods])
+
+
+def _grouped_linear(mods, x: torch.Tensor) -> torch.Tensor:
+    """G ``nn.Linear`` modules on ``x`` [G, U, in] -> [G, U, out] as one batched matmul."""
+    return torch.baddbmm(_stack(mods, "bias")[:, None], x, _stack(mods, "weight").transpose(1, 2))
+
+
+def _grouped_layer_norm(mods, x: torch.Tensor) -> torch.Tensor:
+    """G ``nn.LayerNorm`` modules on ``x`` [G, U, d]: one normalisation, then each affine."""
+    y = F.layer_norm(x, x.shape[-1:], eps=mods[0].eps)
+    return torch.addcmul(_stack(mods, "bias")[:, None], y, _stack(mods, "weight")[:, None])
+
+
+def grouped_cross_modal(layers, z: torch.Tensor, z0: Optional[torch.Tensor], pk: Packing,
+                        key_mask: torch.Tensor) -> torch.Tensor:
+    """G P-CM layers (``merc.models.corect.CrossModalLayer``: same sizes, own weights) on their
+    own packed inputs at once: ``z`` [G, U, d] queries, ``z0`` [G, U, d] sources (None = self
+    attention), ``key_mask`` [G, B, N]. Each layer's eqs. (11)-(13) as in its ``forward_packed``;
+    batching the six pair encoders (and the M memory encoders) turns ~6x as many small ops into
+    one batched op each."""
+    first = layers[0]
+    p, tr = first.drop.p, first.training
+    attn = [m.attn for m in layers]
+    q = _grouped_layer_norm([m.ln_q for m in layers], z)
+    w, b = _stack(attn, "in_proj_weight"), _stack(attn, "in_proj_bias")[:, None]
+    if z0 is None:
+        qkv = torch.baddbmm(b, q, w.transpose(1, 2))
+    else:
+        d = z.shape[-1]
+        kv = _grouped_layer_norm([m.ln_kv for m in layers], z0)
+        qkv = torch.cat([torch.baddbmm(b[..., :d], q, w[:, :d].transpose(1, 2)),
+                         torch.baddbmm(b[..., d:], kv, w[:, d:].transpose(1, 2))], dim=-1)
+    a = grouped_attention(qkv, pk, key_mask, first.attn.num_heads,
+                          first.attn.dropout if tr else 0.0)
+    a = _grouped_linear([m.out_proj for m in attn], a)
+    zbar = dropout(a, p, tr) + q                                       # Eqs. (11)-(12)
+    h = _grouped_layer_norm([m.ln_ff for m in layers], zbar)
+    f = torch.relu(_grouped_linear([m.ff1 for m in layers], h))
+    return dropout(_grouped_linear([m.ff2 for m in layers], dropout(f, p, tr)), p, tr) + h  # (13)
 
 
 
@@ -95,9 +172,10 @@ def text_encoder_packed(enc: nn.TransformerEncoder, x: torch.Tensor, pk: Packing
         if layer.norm_first:
             raise ValueError("text_encoder_packed: expects post-norm layers (norm_first=False)")
         a = mha_packed(layer.self_attn, x, None, pk, key_mask)
-        x = layer.norm1(x + layer.dropout1(a))
-        f = layer.linear2(layer.dropout(layer.activation(layer.linear1(x))))
-        x = layer.norm2(x + layer.dropout2(f))
+        tr = layer.training
+        x = layer.norm1(x + dropout(a, layer.dropout1.p, tr))
+        f = layer.linear2(dropout(layer.activation(layer.linear1(x)), layer.dropout.p, tr))
+        x = layer.norm2(x + dropout(f, layer.dropout2.p, tr))
     if enc.norm is not None:
         x = enc.norm(x)
     return x
@@ -177,36 +255,40 @@ def gt_banded(gt, x: torch.Tensor, pk: Packing, bands: Bands, use_multi: bool) -
                          "edge_dim=None)")
     M, U = x.shape[:2]
     H, C = gt.heads, gt.out_channels
-    q = gt.lin_query(x).view(M, U, H, C).float()
-    k = gt.lin_key(x).view(M, U, H, C).float()
-    v = gt.lin_value(x).view(M, U, H, C).float()
-    with torch.autocast(x.device.type, enabled=False):   # scores in fp32 under autocast
-        out = _gt_attention(q, k, v, pk, bands, use_multi)
-    return out + gt.lin_skip(x)
+    q = gt.lin_query(x).view(M, U, H, C)
+    k = gt.lin_key(x).view(M, U, H, C)
+    v = gt.lin_value(x).view(M, U, H, C)
+    return _gt_attention(q, k, v, pk, bands, use_multi) + gt.lin_skip(x)
 
 
 def _gt_attention(q, k, v, pk: Packing, bands: Bands, use_multi: bool) -> torch.Tensor:
+    # layout [M, H, B, N, C]: heads ahead of the dialogue axis, so padding writes the batched
+    # matmuls' operands in place (no permuted copies of the padded tensors)
+    # under bf16 autocast the two batched matmuls run in bf16, logits and softmax in fp32
     M, U, H, C = q.shape
     scale = 1.0 / math.sqrt(C)
-    qp, kp, vp = (pk.pad(t, lead=1).permute(0, 1, 3, 2, 4) for t in (q, k, v))  # [M,B,H,N,C]
+    if not torch.is_autocast_enabled(q.device.type):
+        q, k, v = q.float(), k.float(), v.float()
+    qp, kp, vp = (pk.pad(t.transpose(1, 2), lead=2) for t in (q, k, v))   # [M, H, B, N, C]
+    q, k = q.float(), k.float()
     band = bands.mask(bands.lo, bands.hi)                              # [B, N, N]
-    s = (qp @ kp.transpose(-1, -2)) * scale                            # [M, B, H, N, N]
-    s = s.masked_fill(~band[None, :, None], float("-inf"))
+    s = (qp @ kp.transpose(-1, -2)).float().mul_(scale)                # [M, H, B, N, N]
+    s = s.masked_fill_(~band, float("-inf"))
     cross = use_multi and M > 1
     if cross:
         # logits of the same utterance's other modalities (eq. 5 edges), -inf for l == k
         none = q.new_full((U, H), float("-inf"))
         sx = torch.stack([torch.stack([(q[t] * k[l]).sum(-1) * scale if l != t else none
                                        for l in range(M)], dim=-1) for t in range(M)])
-        s = torch.cat([s, pk.pad(sx, lead=1).permute(0, 1, 3, 2, 4)], dim=-1)  # [M,B,H,N,N+M]
+        s = torch.cat([s, pk.pad(sx.transpose(1, 2), lead=2)], dim=-1)   # [M, H, B, N, N+M]
         p = torch.softmax(s, dim=-1)
     else:   # a node without incoming edges aggregates nothing (0), as in PyG
-        ok = band.any(-1)[None, :, None, :, None]                      # [1, B, 1, N, 1]
+        ok = band.any(-1)[..., None]                                   # [B, N, 1]
         p = torch.softmax(s.masked_fill(~ok, 0.0), dim=-1) * ok
     N = band.shape[-1]
-    out = p[..., :N] @ vp                                              # [M, B, H, N, C]
+    out = (p[..., :N] @ vp).float()                                    # [M, H, B, N, C]
     if cross:
-        px = p[..., N:]
-        out = out + torch.stack([sum(px[t, ..., l, None] * vp[l] for l in range(M) if l != t)
+        px, vf = p[..., N:], vp.float()
+        out = out + torch.stack([sum(px[t, ..., l, None] * vf[l] for l in range(M) if l != t)
                                  for t in range(M)])
-    return pk.unpad(out.permute(0, 1, 3, 2, 4), lead=1).reshape(M, U, H * C)
+    return pk.unpad(out, lead=2).transpose(1, 2).reshape(M, U, H * C)
