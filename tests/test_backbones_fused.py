@@ -108,3 +108,18 @@ def test_autocast_bf16_trains(name, small):
         lo, hi = model(batch).logits[batch.mask], ref(batch).logits[batch.mask]
     assert torch.allclose(lo, hi, atol=0.1 * float(hi.abs().max()) + 1e-3)
     assert not torch.equal(lo, hi)                               # bf16 really ran
+
+
+def test_fused_dropout_distribution():
+    """The fused paths' dropout: zeros with probability p, survivors (and their gradient) scaled
+    by 1 / (1 - p), nothing in eval mode."""
+    from merc.models.backbones._common import dropout
+    torch.manual_seed(0)
+    x = torch.full((200_000,), 2.0, requires_grad=True)
+    y = dropout(x, 0.1, True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.9) < 0.005
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.9))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.9)
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x

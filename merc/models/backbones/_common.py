@@ -52,7 +52,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     CPU ``bernoulli_`` costs ~3x a uniform draw. Not ``nn.Dropout``'s random stream."""
     if not training or p == 0.0:
         return x
-    return x * (torch.rand(x.shape, device=x.device) >= p).to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))   # fp32 mask
+    return keep.mul_(x) if x.dtype == keep.dtype else x * keep.to(x.dtype)
 
 
 def to_padded(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
