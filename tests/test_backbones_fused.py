@@ -54,12 +54,17 @@ def _run(model, batch) -> dict[str, torch.Tensor]:
     return res
 
 
-@pytest.mark.parametrize("name", FUSED)
+#: the other structures whose post-encoder part the fused path packs too
+OTHER = [("mmgcn", {"encoder": "mmgcn", "use_speaker": True, "gcn_layers": 3}),
+         ("mmdfn", {"encoder": "light"}), ("mmdfn", {"encoder": "mmgcn", "use_speaker": True})]
+
+
+@pytest.mark.parametrize("name,over", [(n, {}) for n in FUSED] + OTHER)
 @pytest.mark.parametrize("idx", [(0, 1, 2, 5), (3,)])
-def test_fused_equals_modules(name, idx, small):
+def test_fused_equals_modules(name, over, idx, small):
     """Logits (train and eval mode) and every parameter gradient agree to 1e-5; the parameters
     the release never uses get no gradient on either path."""
-    mods, fused = _twins(name, small.meta)
+    mods, fused = _twins(name, small.meta, **over)
     assert fused.config.kernels == "fused" and mods.config.kernels == "modules"
     batch = small["train"].batch(list(idx))
     a, b = _run(mods, batch), _run(fused, batch)

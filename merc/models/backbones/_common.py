@@ -241,6 +241,17 @@ class DenseMultimodalAdjacency:
                 + torch.einsum("mkbi,kbic->mbic", self.cross, h))
 
 
+class PackedAdjacency:
+    """:class:`DenseMultimodalAdjacency` on packed node features [M, U, c] (``kernels="fused"``:
+    the position-wise GCN layers, dropouts and heads run on the real utterances only)."""
+
+    def __init__(self, adj: DenseMultimodalAdjacency, pk: Packing):
+        self.adj, self.pk = adj, pk
+
+    def propagate(self, h: torch.Tensor) -> torch.Tensor:
+        return self.pk.unpad(self.adj.propagate(self.pk.pad(h, lead=1)), lead=1)
+
+
 class GCNIILayer(nn.Module):
     """One GCNII layer (Chen et al. 2020; MMGCN Eq. (6)) on a dense propagator, b = log(lambda/l + 1),
     r = (1 - a) P h + a h0:
@@ -261,8 +272,8 @@ class GCNIILayer(nn.Module):
         else:
             nn.init.xavier_uniform_(self.weight)
 
-    def forward(self, h: torch.Tensor, h0: torch.Tensor, adj: DenseMultimodalAdjacency
-                ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, h0: torch.Tensor,
+                adj: DenseMultimodalAdjacency | PackedAdjacency) -> torch.Tensor:
         hi = adj.propagate(h)
         r = (1.0 - self.alpha) * hi + self.alpha * h0
         support = torch.cat([hi, h0], -1) if self.variant else r

@@ -148,7 +148,7 @@ class ReleasedBranch(nn.Module):
         g = g.float()                                               # [U, g]
         src, dst = edge_index
         # Eq. (1) as released: score_jk = (W g_k)^T g_j, softmax over the targets k of source j
-        score = ((g[dst] @ self.edge_att.T) * g[src]).sum(-1)
+        score = ((g @ self.edge_att.T)[dst] * g[src]).sum(-1)       # W g_k once per node
         alpha = softmax(score, src, num_nodes=g.shape[0])
         h = self.rgcn(g, edge_index, edge_type)                     # Eq. (2), mean aggregation
         h = self.gconv(h, edge_index, alpha)                        # Eq. (3), attention weights

@@ -121,12 +121,12 @@ class MMDFN(MMGCN):
             return super().propagate(h0, adj)
         h = h0
         for conv, gate in zip(self.convs, self.gates):
-            c = torch.relu(conv(self.drop(h), h0, adj))              # graph aggregation C^(l)
+            c = torch.relu(conv(self.dropout(h), h0, adj))           # graph aggregation C^(l)
             # gated filtering across layers: GRUCell(input C^(l), hidden H^(l-1)) per node
             h = gate(c.reshape(-1, c.shape[-1]), h.reshape(-1, h.shape[-1])).view_as(c)
         return h
 
-    def fuse(self, out: torch.Tensor, batch: Batch) -> Output:
+    def fuse(self, out: torch.Tensor, batch: Batch, pk=None) -> Output:
         if self.light:
-            return super().fuse(out, batch)
-        return split_heads(self.gated(out), self.modalities, self.heads, batch.mask)
+            return super().fuse(out, batch, pk)
+        return split_heads(self.gated(out), self.modalities, self.heads, batch.mask, pk)

@@ -61,8 +61,9 @@ from torch import nn
 from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from merc.models.backbones._common import (RELEASED_FFN, DenseMultimodalAdjacency, GCNIILayer,
-                                           InputWidthTransformer, Kernels, SequenceEncoder,
-                                           bf16_autocast, late_fusion_output)
+                                           InputWidthTransformer, Kernels, PackedAdjacency,
+                                           SequenceEncoder, bf16_autocast, dropout,
+                                           late_fusion_output)
 from merc.models.corect_fused import Packing
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
@@ -126,39 +127,51 @@ class MultimodalGraphEncoder(nn.Module):
         self.fused, self.bf16 = cfg.kernels == "fused", cfg.autocast_bf16
 
     def encode(self, m: str, batch: Batch, pk: Packing) -> torch.Tensor:
-        """Modality m's encoder output [B, N, e]; fused: packed, zero rows at padding."""
+        """Modality m's encoder output: fused [U, e] (packed), modules [B, N, e]."""
         enc = self.encoders[m]
         with bf16_autocast(batch.mask.device, self.bf16):
             if self.fused and isinstance(enc, InputWidthTransformer):
-                x = pk.pad(enc.forward_packed(pk.unpad(batch.features[m]), pk, batch.mask))
+                x = enc.forward_packed(pk.unpad(batch.features[m]), pk, batch.mask)
             else:
                 x = enc(batch.features[m], batch.mask, batch.lengths)
+                x = pk.unpad(x) if self.fused else x
         return x.float()
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, DenseMultimodalAdjacency]:
-        """Node features [M, B, N, d] (zero at padding) and the normalised adjacency."""
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, DenseMultimodalAdjacency
+                                             | PackedAdjacency]:
+        """Node features and the normalised adjacency: modules [M, B, N, d] (zero at padding);
+        fused [M, U, d] (packed) with a :class:`PackedAdjacency`."""
         mask = batch.mask
         pk = Packing(mask)
+        speakers = pk.unpad(batch.speakers) if self.fused else batch.speakers
         rows = []
         for m in self.modalities:
             x = self.encode(m, batch, pk)
             if m in self.align:
                 x = self.align[m](x)
             if m == "text" and self.use_speaker:
-                x = x + self.speaker(batch.speakers)               # MMGCN: speaker on text only
-            rows.append(x * mask[..., None])
+                x = x + self.speaker(speakers)                       # MMGCN: speaker on text only
+            rows.append(x if self.fused else x * mask[..., None])
         nodes = torch.stack(rows, 0)
         feats = nodes.detach() if self.detach_adjacency else nodes
+        if self.fused:
+            return nodes, PackedAdjacency(DenseMultimodalAdjacency(pk.pad(feats, lead=1), mask),
+                                          pk)                       # MMGCN Eqs. (4)-(5)
         return nodes, DenseMultimodalAdjacency(feats, mask)          # MMGCN Eqs. (4)-(5)
 
 
 def split_heads(h: torch.Tensor, modalities: tuple[str, ...], heads: nn.ModuleDict,
-                mask: torch.Tensor) -> Output:
-    """Per-modality classifier heads on node features [M, B, N, c] -> late-fusion Output (the
-    head inputs ride along as ``extras["features_<m>"]``)."""
-    z = {m: heads[m](h[k]) * mask[..., None] for k, m in enumerate(modalities)}
+                mask: torch.Tensor, pk: Optional[Packing] = None) -> Output:
+    """Per-modality classifier heads on node features [M, B, N, c] (or packed [M, U, c] with
+    ``pk``) -> late-fusion Output (the head inputs ride along as ``extras["features_<m>"]``)."""
+    if pk is not None:
+        z = {m: pk.pad(heads[m](h[k])) for k, m in enumerate(modalities)}
+        feats = {f"features_{m}": pk.pad(h[k]) for k, m in enumerate(modalities)}
+    else:
+        z = {m: heads[m](h[k]) * mask[..., None] for k, m in enumerate(modalities)}
+        feats = {f"features_{m}": h[k] for k, m in enumerate(modalities)}
     out = late_fusion_output(z)                                     # SPCL Eqs. (1)-(2)
-    out.extras.update({f"features_{m}": h[k] for k, m in enumerate(modalities)})
+    out.extras.update(feats)
     return out
 
 
@@ -193,18 +206,23 @@ class MMGCN(MercModel):
 
     def forward(self, batch: Batch) -> Output:
         nodes, adj = self.graph(batch)
-        x = self.drop(nodes)                                         # GCNII_lyc's input dropout
+        pk = adj.pk if isinstance(adj, PackedAdjacency) else None
+        x = self.dropout(nodes)                                      # GCNII_lyc's input dropout
         h = self.propagate(torch.relu(self.fc_in(x)), adj)
-        out = torch.cat([x, self.drop(h)], -1)                       # use_residue: [x ; H^(L)]
-        return self.fuse(out, batch)
+        out = torch.cat([x, self.dropout(h)], -1)                    # use_residue: [x ; H^(L)]
+        return self.fuse(out, batch, pk)
 
-    def fuse(self, out: torch.Tensor, batch: Batch) -> Output:
-        """Per-modality heads on [encoder ; graph] node features [M, B, N, d + h]."""
-        return split_heads(out, self.modalities, self.heads, batch.mask)
+    def dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.drop``; fused: the same distribution from one uniform per element."""
+        return dropout(x, self.drop.p, self.training) if self.graph.fused else self.drop(x)
+
+    def fuse(self, out: torch.Tensor, batch: Batch, pk: Optional[Packing]) -> Output:
+        """Per-modality heads on [encoder ; graph] node features [M, B, N, d + h] / [M, U, d + h]."""
+        return split_heads(out, self.modalities, self.heads, batch.mask, pk)
 
     def propagate(self, h0: torch.Tensor, adj) -> torch.Tensor:
         """The deep GCNII stack over the multimodal graph."""
         h = h0
         for conv in self.convs:                                      # MMGCN Eqs. (6)-(7)
-            h = torch.relu(conv(self.drop(h), h0, adj))
+            h = torch.relu(conv(self.dropout(h), h0, adj))
         return h
