@@ -8,7 +8,9 @@ map, :class:`InputWidthTransformer` - and, for the lighter ``encoder: light`` st
 bidirectional GRU / LSTM, a Transformer after a projection, or a linear map), GCNII layers (plain and
 ``variant``), and batch-level graph
 builders cached on the dialogue lengths (and speakers where relations depend on them), built from
-:mod:`merc.graphs` so that no backbone carries a fixed maximum dialogue length.
+:mod:`merc.graphs` so that no backbone carries a fixed maximum dialogue length. For the backbones'
+``kernels="fused"`` paths: the packed encoder (:meth:`InputWidthTransformer.forward_packed`), the
+adjacency on packed nodes (:class:`PackedAdjacency`) and a cheaper dropout (:func:`dropout`).
 
 Why here: the backbones differ in their context / graph mechanism only; the fusion and the
 encoders are common, and caching the graphs once per batch shape keeps CPU training fast.
