@@ -390,3 +390,37 @@ def run(ctx: Context) -> dict:
         "models": results, "errors": errors, "targets": targets, "notes": notes,
         "load_average": {"start": la0, "end": load_average()},
     }
+
+
+def corect_bf16_quality(root: Path, seeds=(0, 1, 2), epochs: int = 6, log=print) -> dict:
+    """Does ``autocast_bf16`` change what CORECT learns? ``merc.train.fit`` at the IEMOCAP-6 paper
+    defaults, fp32 vs bf16, per seed: the selected (best-val) epoch's val and test w-F1, mean and
+    population std over seeds; "within seed noise" = |mean difference| <= the larger std."""
+    import statistics as st
+
+    from merc.data.dataset import MercData
+    from merc.train import fit, resolve_config
+    rows = {"fp32": [], "bf16": []}
+    for seed in seeds:
+        for label, bf in (("fp32", False), ("bf16", True)):
+            train, mcfg = resolve_config("corect", {"epochs": epochs, "threads": 1, "seed": seed,
+                                                    "early_stopping": 0, "autocast_bf16": bf},
+                                         "iemocap6", source="benchmark")
+            data = MercData(root, train.modalities, train.missing_rate, train.seed,
+                            train.missing_redraw)
+            with Clock() as c:
+                res = fit("corect", data, train, mcfg)
+            rows[label].append({"seed": seed, "val_wf1": res.best["val_wf1"],
+                                "test_wf1": res.best["test_wf1"], "epoch": res.best_epoch,
+                                "train_s": sum(m["train_time"] for m in res.history),
+                                "cpu_s": c.cpu})
+            log(f"[train] bf16 quality seed {seed} {label}: val {res.best['val_wf1']:.2f} test "
+                f"{res.best['test_wf1']:.2f} (epoch {res.best_epoch}, {c.cpu:.0f} CPU-s)")
+    out = {"epochs": epochs, "seeds": list(seeds), "runs": rows}
+    for key in ("val_wf1", "test_wf1", "train_s"):
+        for label, rs in rows.items():
+            v = [r[key] for r in rs]
+            out[f"{label} {key}"] = {"mean": st.mean(v), "std": st.pstdev(v)}
+    d = abs(out["bf16 val_wf1"]["mean"] - out["fp32 val_wf1"]["mean"])
+    out["within_seed_noise"] = d <= max(out["bf16 val_wf1"]["std"], out["fp32 val_wf1"]["std"])
+    return out

@@ -98,9 +98,13 @@ def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, he
         # SDPA's math path written out: under autocast the two matmuls run in bf16 and the softmax
         # in fp32 (the usual mixed precision; the CPU's fused bf16 SDPA backward is 2-3x slower),
         # and the probabilities go through :func:`dropout` instead of ``bernoulli_``
-        s = (q @ k.transpose(-1, -2)).float().mul_(1.0 / math.sqrt(d // heads))
-        a = torch.softmax(s.masked_fill_(~mask, float("-inf")), dim=-1)
-        o = dropout(a, dropout_p, dropout_p > 0.0) @ v
+        # one baddbmm gives the scaled, masked logits (additive -inf bias) in a single pass
+        R, dh = G * heads * B, d // heads
+        bias = torch.zeros(mask.shape, device=x.device).masked_fill_(~mask, float("-inf"))
+        s = torch.baddbmm(bias.reshape(R, 1, N), q.reshape(R, N, dh),
+                          k.reshape(R, N, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh))
+        a = torch.softmax(s, dim=-1, dtype=torch.float32)
+        o = (dropout(a, dropout_p, dropout_p > 0.0) @ v.reshape(R, N, dh)).view(G * heads, B, N, dh)
     else:
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     o = pk.unpad(o.view(G, heads, B, N, d // heads), lead=2)            # [G, heads, U, d_h]
@@ -272,8 +276,8 @@ def _gt_attention(q, k, v, pk: Packing, bands: Bands, use_multi: bool) -> torch.
     qp, kp, vp = (pk.pad(t.transpose(1, 2), lead=2) for t in (q, k, v))   # [M, H, B, N, C]
     q, k = q.float(), k.float()
     band = bands.mask(bands.lo, bands.hi)                              # [B, N, N]
-    s = (qp @ kp.transpose(-1, -2)).float().mul_(scale)                # [M, H, B, N, N]
-    s = s.masked_fill_(~band, float("-inf"))
+    bias = torch.zeros(band.shape, device=q.device).masked_fill_(~band, float("-inf"))
+    s = torch.add(bias, qp @ kp.transpose(-1, -2), alpha=scale)        # fp32 [M, H, B, N, N]
     cross = use_multi and M > 1
     if cross:
         # logits of the same utterance's other modalities (eq. 5 edges), -inf for l == k
