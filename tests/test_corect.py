@@ -260,3 +260,45 @@ def test_official_shaped_benchmark_step_has_our_parameter_count(tiny):
     loss = small.loss(batch)
     loss.backward()
     assert torch.isfinite(loss) and small.lin1.weight.grad is not None
+
+
+def test_fused_dropout_paths_reduce_to_modules_at_negligible_rate(tiny):
+    """With dropout > 0 the fused path writes attention out and draws its own dropout masks
+    (``corect_fused.dropout``); at a negligible rate that must still be the module path, in
+    training mode, for the text encoder, P-CM (two layers each) and the classifier."""
+    data, batch = _batch(tiny, "ATV", idx=(0, 1, 2))
+    kw = SMALL | dict(dropout=1e-9, pcm_dropout=1e-9, pcm_layers=2, self_att_layers=2,
+                      text_encoder_layers=2)
+    torch.manual_seed(0)
+    ref = build_model("corect", CorectConfig(**(kw | dict(kernels="modules"))), data.meta).train()
+    fused = build_model("corect", CorectConfig(**(kw | dict(kernels="fused"))), data.meta).train()
+    fused.load_state_dict(ref.state_dict())
+    a, b = ref(batch).logits[batch.mask], fused(batch).logits[batch.mask]
+    assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
+
+
+def test_uniform_draw_dropout_has_dropouts_distribution():
+    from merc.models.corect_fused import dropout
+    torch.manual_seed(0)
+    x = torch.ones(1000, 1000, requires_grad=True)
+    for p in (0.1, 0.5):
+        y = dropout(x, p, True)
+        assert abs(float((y == 0).float().mean()) - p) < 3e-3
+        assert torch.allclose(y[y != 0], torch.tensor(1.0 / (1.0 - p)))
+        assert abs(float(y.detach().mean()) - 1.0) < 5e-3
+    y = dropout(x, 0.3, True)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())                 # the gradient goes through the same mask
+    assert dropout(x, 0.5, False) is x and dropout(x, 0.0, True) is x
+
+
+def test_bf16_attention_close_to_fp32(tiny):
+    """``autocast_bf16`` runs the attention matmuls in bf16 (softmax fp32): logits stay close."""
+    data, batch = _batch(tiny, "ATV")
+    torch.manual_seed(0)
+    lo = _model(data, autocast_bf16=True).eval()
+    hi = _model(data).eval()
+    hi.load_state_dict(lo.state_dict())
+    a, b = lo(batch).logits[batch.mask], hi(batch).logits[batch.mask]
+    assert not torch.equal(a, b)
+    assert torch.allclose(a, b, atol=0.05 * float(b.abs().max()) + 1e-3)

@@ -62,8 +62,8 @@ from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from merc.graphs import corect_graph, num_relations
 from merc.models.base import MercModel, Output, register_model
-from merc.models.corect_fused import (Bands, Packing, dropout, grouped_cross_modal, gt_banded,
-                                      mha_packed, rgcn_banded, text_encoder_packed)
+from merc.models.corect_fused import (Bands, Packing, grouped_cross_modal, gt_banded,
+                                      rgcn_banded, text_encoder_packed)
 
 
 class CorectConfig(ModelConfig):
@@ -152,16 +152,6 @@ class CrossModalLayer(nn.Module):
         h = self.ln_ff(zbar)
         # Eq. (13): FFN(x) = max(0, x Ω1 + b1) Ω2 + b2;  Eq. (12): Z_i = FFN(LN(Z̄)) + LN(Z̄)
         return self.drop(self.ff2(self.drop(F.relu(self.ff1(h))))) + h
-
-    def forward_packed(self, z: torch.Tensor, z0: Optional[torch.Tensor], pk: Packing,
-                       key_mask: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` on packed [U, d] inputs (``merc.models.corect_fused``), same eqs."""
-        q = self.ln_q(z)
-        kv = None if self.ln_kv is None else self.ln_kv(z0)
-        p, tr = self.drop.p, self.training
-        zbar = dropout(mha_packed(self.attn, q, kv, pk, key_mask), p, tr) + q   # Eqs. (11)-(12)
-        h = self.ln_ff(zbar)
-        return dropout(self.ff2(dropout(F.relu(self.ff1(h)), p, tr)), p, tr) + h  # Eqs. (12)-(13)
 
 
 class PairwiseCrossModal(nn.Module):

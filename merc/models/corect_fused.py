@@ -130,7 +130,7 @@ def grouped_cross_modal(layers, z: torch.Tensor, z0: Optional[torch.Tensor], pk:
                         key_mask: torch.Tensor) -> torch.Tensor:
     """G P-CM layers (``merc.models.corect.CrossModalLayer``: same sizes, own weights) on their
     own packed inputs at once: ``z`` [G, U, d] queries, ``z0`` [G, U, d] sources (None = self
-    attention), ``key_mask`` [G, B, N]. Each layer's eqs. (11)-(13) as in its ``forward_packed``;
+    attention), ``key_mask`` [G, B, N]. Each layer's eqs. (11)-(13) as in its ``forward``;
     batching the six pair encoders (and the M memory encoders) turns ~6x as many small ops into
     one batched op each."""
     first = layers[0]
