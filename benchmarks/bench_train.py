@@ -424,3 +424,44 @@ def corect_bf16_quality(root: Path, seeds=(0, 1, 2), epochs: int = 6, log=print)
     d = abs(out["bf16 val_wf1"]["mean"] - out["fp32 val_wf1"]["mean"])
     out["within_seed_noise"] = d <= max(out["bf16 val_wf1"]["std"], out["fp32 val_wf1"]["std"])
     return out
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.bench_train side-by-side [--epochs 3] [--threads 1,2]`` and
+    ``python -m benchmarks.bench_train quality [--epochs 6] [--seeds 0,1,2]``: the CORECT parts of
+    ``python -m benchmarks run --only train`` on their own, JSON to stdout (and ``--out FILE``)."""
+    import argparse
+    import json
+
+    from merc.data.synthetic import resolve_data
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_train")
+    p.add_argument("what", choices=["side-by-side", "quality"])
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--threads", default="1", help="comma-separated torch thread counts")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    a = p.parse_args(argv)
+    root = resolve_data("synthetic:iemocap6")
+    log = lambda s: print(s, flush=True)   # noqa: E731
+    if a.what == "side-by-side":
+        doc = {"command": "python -m benchmarks.bench_train " + " ".join(argv or []),
+               "runs": [corect_side_by_side(root, a.epochs or 3, int(t), log)
+                        for t in a.threads.split(",")]}
+        for r in doc["runs"]:
+            for n, c in r["cpu_s_per_epoch"].items():
+                log(f"threads={r['threads']} {n:18s} CPU-s/epoch {c['median']:6.2f}  wall "
+                    f"{r['wall_s_per_epoch'][n]['median']:6.2f}  speed-up CPU "
+                    f"{r['speedup_vs_official_cpu'].get(n, {}).get('median', 1.0):.2f}x wall "
+                    f"{r['speedup_vs_official_wall'].get(n, {}).get('median', 1.0):.2f}x")
+    else:
+        doc = corect_bf16_quality(root, tuple(int(s) for s in a.seeds.split(",")),
+                                  a.epochs or 6, log)
+        log(json.dumps({k: v for k, v in doc.items() if k != "runs"}, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main(sys.argv[1:]))
