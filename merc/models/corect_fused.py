@@ -78,8 +78,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     Not the same random stream as ``nn.Dropout``, the same distribution."""
     if not training or p == 0.0:
         return x
-    keep = torch.rand(x.shape, device=x.device) >= p
-    return x * keep.to(x.dtype).mul_(1.0 / (1.0 - p))
+    keep = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))   # fp32 mask
+    return keep.mul_(x) if x.dtype == keep.dtype else x * keep.to(x.dtype)
 
 
 def packed_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,

@@ -27,7 +27,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merc.graphs import corect_graph, window_edges
 from merc.models.base import Output
-from merc.models.corect_fused import Packing, text_encoder_packed
+# ``dropout`` is re-exported for the backbones: one uniform-draw dropout for every fused path
+from merc.models.corect_fused import Packing, dropout, text_encoder_packed  # noqa: F401
 
 EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
 #: how the same network is computed (not a hyperparameter), as CORECT's ``kernels`` key:
@@ -47,15 +48,6 @@ def released_heads(dim: int) -> int:
     """Heads of the released SPCL ``Transformer_Encoder``: the first h in 5..14 dividing ``dim``,
     else 1 (512 -> 8, 768 -> 6, 1024 -> 8)."""
     return next((h for h in range(5, 15) if dim % h == 0), 1)
-
-
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout (``F.dropout``'s distribution) from one fp32 uniform per element: ATen's
-    CPU ``bernoulli_`` costs ~3x a uniform draw. Not ``nn.Dropout``'s random stream."""
-    if not training or p == 0.0:
-        return x
-    keep = torch.rand(x.shape, device=x.device).ge_(p).mul_(1.0 / (1.0 - p))   # fp32 mask
-    return keep.mul_(x) if x.dtype == keep.dtype else x * keep.to(x.dtype)
 
 
 def to_padded(flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
