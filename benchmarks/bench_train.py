@@ -404,7 +404,8 @@ def run(ctx: Context) -> dict:
 def corect_bf16_quality(root: Path, seeds=(0, 1, 2), epochs: int = 6, log=print) -> dict:
     """Does ``autocast_bf16`` change what CORECT learns? ``merc.train.fit`` at the IEMOCAP-6 paper
     defaults, fp32 vs bf16, per seed: the selected (best-val) epoch's val and test w-F1, mean and
-    population std over seeds; "within seed noise" = |mean difference| <= the larger std."""
+    sample std over seeds; "within seed noise" = |mean difference| <= the larger std (the rule of
+    ``benchmarks.bench_backbones``)."""
     import statistics as st
 
     from merc.data.dataset import MercData
@@ -429,7 +430,7 @@ def corect_bf16_quality(root: Path, seeds=(0, 1, 2), epochs: int = 6, log=print)
     for key in ("val_wf1", "test_wf1", "train_s"):
         for label, rs in rows.items():
             v = [r[key] for r in rs]
-            out[f"{label} {key}"] = {"mean": st.mean(v), "std": st.pstdev(v)}
+            out[f"{label} {key}"] = {"mean": st.mean(v), "std": st.stdev(v) if len(v) > 1 else 0.0}
     d = abs(out["bf16 val_wf1"]["mean"] - out["fp32 val_wf1"]["mean"])
     out["within_seed_noise"] = d <= max(out["bf16 val_wf1"]["std"], out["fp32 val_wf1"]["std"])
     return out
