@@ -307,6 +307,11 @@ def quality_table(q: dict) -> dict:
 def write(doc: dict, out: Path = RESULTS_DIR) -> None:
     """``backbones.json`` + ``backbones.md`` (the benchmark harness's format)."""
     out.mkdir(parents=True, exist_ok=True)
+    for sec in doc.get("benchmarks", {}).values():       # each section says how to reproduce it
+        cmd = sec.get("command")
+        notes = sec.setdefault("notes", [])
+        if cmd and not any(n.startswith("reproduce:") for n in notes):
+            notes.append(f"reproduce: `{cmd}` (1 torch thread; `nice -n 5` on a shared machine)")
     (out / "backbones.json").write_text(json.dumps(doc, indent=1, default=str) + "\n")
     (out / "backbones.md").write_text(render_markdown(doc))
 
