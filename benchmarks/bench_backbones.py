@@ -72,14 +72,14 @@ def _ours_stepper(name: str, over: dict, meta):
     from merc.models import build_model
     from merc.strategies import build_strategy
     from merc.strategies.spcl import RELEASED_PACING
-    from merc.train import _per_utterance_loss, resolve_config
+    from merc.train import _per_utterance_loss, make_optimizer, resolve_config
     eps, alpha = RELEASED_PACING["iemocap6"][name]
     flat = {"strategy": "spcl", "spcl_epsilon": eps, "spcl_alpha": alpha,
             "spcl_normalise": "all", "spcl_lambda_cap": 60.0} | over
     train, mcfg = resolve_config(name, flat, "iemocap6", source="benchmark")
     model = build_model(name, mcfg, meta).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=train.lr, weight_decay=train.weight_decay)
+    opt = make_optimizer(train, params, torch.device("cpu"))     # fit's optimizer (fused Adam)
     strategy = build_strategy(train.strategy, train.strategy_config)
     strategy.on_fit_start(train)
 
