@@ -21,10 +21,11 @@ def _registry():
     return {"graph": bench_graph.run, "train": bench_train.run, "backbones": bench_backbones.run,
             "sweep_overhead": bench_sweep.run_overhead,
             "sweep_efficiency": bench_sweep.run_efficiency,
-            "sweep_throughput": bench_sweep.run_throughput_bench, "real_data": __import__("benchmarks.real_data", fromlist=["run"]).run}
+            "sweep_throughput": bench_sweep.run_throughput_bench,
+            "real_data": __import__("benchmarks.real_data", fromlist=["run"]).run}
 
 
-NAMES = ["graph", "train", "backbones", "sweep_overhead", "sweep_efficiency"]
+NAMES = ["graph", "train", "backbones", "sweep_overhead", "sweep_efficiency", "sweep_throughput"]
 
 
 def run(quick: bool = False, only: list[str] | None = None, out: Path = RESULTS_DIR,
