@@ -1,6 +1,7 @@
 """``python -m benchmarks run [--quick] [--only NAME[,NAME]] [--out DIR]``.
 
-Benchmarks (in this order): graph, train, backbones, sweep_overhead, sweep_efficiency. Results go to
+Benchmarks (in this order): graph, train, backbones, sweep_overhead, sweep_efficiency,
+sweep_throughput (real_data only with --only). Results go to
 ``DIR/latest.json`` and ``DIR/latest.md`` (default ``benchmarks/results``), rewritten after every
 benchmark so that an interrupted run keeps what it measured.
 """
