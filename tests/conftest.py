@@ -36,6 +36,25 @@ def small_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture
+def assert_twins_agree():
+    """``check(a, b)``: two ``{name: tensor | None}`` dicts (gradients, logits) of the same network
+    computed two ways (``kernels="modules"`` vs ``"fused"``) - same keys, ``None`` (no gradient)
+    in the same places, every tensor equal to 1e-5 of the largest magnitude."""
+    import torch
+
+    def check(a: dict, b: dict) -> None:
+        assert a.keys() == b.keys()
+        scale = max(float(g.abs().max()) for g in a.values() if g is not None)
+        for key in a:
+            if a[key] is None:
+                assert b[key] is None, key
+                continue
+            assert b[key] is not None, key
+            assert torch.allclose(a[key], b[key], atol=1e-5 * max(scale, 1.0), rtol=1e-4), key
+    return check
+
+
 # ---- sweep-layer fixtures (session-scoped Ray etc.) live below this line ----
 
 

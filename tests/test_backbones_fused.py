@@ -61,21 +61,13 @@ OTHER = [("mmgcn", {"encoder": "mmgcn", "use_speaker": True, "gcn_layers": 3}),
 
 @pytest.mark.parametrize("name,over", [(n, {}) for n in FUSED] + OTHER)
 @pytest.mark.parametrize("idx", [(0, 1, 2, 5), (3,)])
-def test_fused_equals_modules(name, over, idx, small):
+def test_fused_equals_modules(name, over, idx, small, assert_twins_agree):
     """Logits (train and eval mode) and every parameter gradient agree to 1e-5; the parameters
     the release never uses get no gradient on either path."""
     mods, fused = _twins(name, small.meta, **over)
     assert fused.config.kernels == "fused" and mods.config.kernels == "modules"
     batch = small["train"].batch(list(idx))
-    a, b = _run(mods, batch), _run(fused, batch)
-    assert a.keys() == b.keys()
-    scale = max(float(g.abs().max()) for g in a.values() if g is not None)
-    for key in a:
-        if a[key] is None:
-            assert b[key] is None, key
-            continue
-        assert b[key] is not None, key
-        assert torch.allclose(a[key], b[key], atol=1e-5 * max(scale, 1.0), rtol=1e-4), key
+    assert_twins_agree(_run(mods, batch), _run(fused, batch))
 
 
 @pytest.mark.parametrize("name", FUSED)

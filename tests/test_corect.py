@@ -205,7 +205,7 @@ def _twins(data, **kw):
     ("T", 0.0, (0, 3), {}),
     ("ATV", 0.0, (0,), {}),
 ])
-def test_fused_kernels_equal_modules(tiny, mods, missing, idx, switch):
+def test_fused_kernels_equal_modules(tiny, mods, missing, idx, switch, assert_twins_agree):
     """The default fused path is the module path up to float rounding: logits on real utterances
     and every parameter gradient (training mode, BatchNorm batch statistics), to 1e-5."""
     data, batch = _batch(tiny, mods, missing_rate=missing, idx=idx)
@@ -219,14 +219,7 @@ def test_fused_kernels_equal_modules(tiny, mods, missing, idx, switch):
         model.eval()
         grads[-1]["eval logits"] = model(batch).logits[batch.mask].detach()
         grads[-1]["train logits"] = out[batch.mask].detach()
-    a, b = grads
-    assert a.keys() == b.keys()
-    scale = max(float(g.abs().max()) for g in a.values() if g is not None)
-    for name in a:
-        if a[name] is None:
-            assert b[name] is None, name
-            continue
-        assert torch.allclose(a[name], b[name], atol=1e-5 * max(scale, 1.0), rtol=1e-4), name
+    assert_twins_agree(*grads)
 
 
 def test_fused_kernels_padding_invariant(tiny):
