@@ -38,7 +38,8 @@ weights as the edge-list builders ``multimodal_graph`` / ``angular_norm_weights`
 ``kernels="fused"`` (default) runs them packed (position-wise layers on the real utterances only,
 attention per dialogue in one masked SDPA, :func:`merc.models.corect_fused.text_encoder_packed`),
 and the GCNII stack, dropouts and heads on the packed nodes too (only the propagation P h pads them
-into the dialogue blocks, :class:`~merc.models.backbones._common.PackedAdjacency`), equal to ``kernels="modules"`` (padded ``nn.TransformerEncoder``) to 1e-5 on logits and gradients
+into the dialogue blocks, :class:`~merc.models.backbones._common.PackedAdjacency`), equal to
+``kernels="modules"`` (padded ``nn.TransformerEncoder``) to 1e-5 on logits and gradients
 (``tests/test_backbones_fused.py``; its dropouts have the same distribution, not the same random
 stream). ``autocast_bf16`` (opt-in): the encoders' matmuls in bf16, attention scores, adjacency,
 GCNII and heads in fp32.
