@@ -213,8 +213,6 @@ def exit_process(code: Optional[int]) -> None:
         for t in threading.enumerate():
             if t is not threading.main_thread() and not t.daemon and t.is_alive():
                 t.join()
-        sys.stdout.flush()
-        sys.stderr.flush()
         atexit._run_exitfuncs()
     except BaseException:   # noqa: BLE001 - the normal exit path then reports it
         sys.exit(code)

@@ -351,7 +351,8 @@ class _Sweep:
     def setup_tracking(self) -> None:
         from merc.sweep.tracking import (MlflowClient, check_tracking, ensure_experiment,
                                          find_runs)
-        check_tracking(self.tracking_uri)
+        if not self.tracking_uri.startswith(("http://", "https://")):   # a server: checked in
+            check_tracking(self.tracking_uri)           # run() before Ray; here the sqlite store
         # (no mlflow.set_tracking_uri: it exports MLFLOW_TRACKING_URI process-wide)
         self.client = client = MlflowClient(self.tracking_uri)
         try:
