@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def cache_dir() -> Path:
     """``$MERC_CACHE/mlflow`` (default ``~/.cache/merc/mlflow``), the dataset cache's sibling."""
-    return Path(os.environ.get("MERC_CACHE", Path.home() / ".cache" / "merc")) / "mlflow"
+    from merc.data.synthetic import cache_root
+    return cache_root() / "mlflow"
 
 
 @functools.lru_cache(maxsize=1)
