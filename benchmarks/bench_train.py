@@ -87,14 +87,14 @@ def thread_comparison(root: Path, n_steps: int, all_threads: int) -> dict:
     """CORECT train steps on the same batches, alternating 1 / all torch threads (interleaved)."""
     from merc.data.dataset import MercData
     from merc.models import build_model
-    from merc.train import _per_utterance_loss, resolve_config, seed_everything
+    from merc.train import _per_utterance_loss, make_optimizer, resolve_config, seed_everything
     if all_threads == 1:
         return {}
     train, mcfg = resolve_config("corect", {}, "iemocap6", source="benchmark")
     data = MercData(root)
     seed_everything(0)
     model = build_model("corect", mcfg, data.meta)
-    opt = torch.optim.Adam(model.parameters(), lr=train.lr)
+    opt = make_optimizer(train, list(model.parameters()), torch.device("cpu"))   # as fit
     batches = list(data["train"].batches(train.batch_size))[:max(1, n_steps)]
     times = {1: [], all_threads: []}
     model.train()
