@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import (RESULTS_DIR, SCHEMA, Clock, Context, command_line, environment,
-                               load_average, now, render_markdown, summary, target)
+from benchmarks.common import (RESULTS_DIR, SCHEMA, Context, command_line, environment,
+                               interleaved_epochs, load_average, now, render_markdown, target)
 
 BACKBONES = ["mmgcn", "mmdfn", "dialoguegcn", "biddin"]
 SPCL_DIMS = {"audio": 512, "text": 768, "visual": 1024}     # the released IEMOCAP features
@@ -117,40 +117,13 @@ def side_by_side(name: str, root: Path, epochs: int, batches: int | None, log=pr
         torch.manual_seed(0)
         steppers[label], counts[label], train = _ours_stepper(name, over, meta)
         bs = train.batch_size
-    names = list(steppers)
     warm = next(iter(data["train"].batches(bs)))
-    for n in names:                 # first-step allocations and lazy init, not timed
+    for n in steppers:              # first-step allocations and lazy init, not timed
         steppers[n](warm)
-    cpu = {n: [] for n in names}
-    wall = {n: [] for n in names}
-    gen = torch.Generator().manual_seed(0)
-    la0 = load_average()
-    n_batches = 0
-    for ep in range(epochs):
-        ec, ew = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-        for i, b in enumerate(data["train"].batches(bs, True, gen)):
-            if batches and i >= batches:
-                break
-            for n in names[i % len(names):] + names[:i % len(names)]:
-                with Clock() as c:
-                    steppers[n](b)
-                ec[n] += c.cpu
-                ew[n] += c.wall
-            n_batches = i + 1
-        for n in names:
-            cpu[n].append(ec[n])
-            wall[n].append(ew[n])
-        log(f"[backbones] {name} epoch {ep + 1}/{epochs} ({n_batches} batches): " +
-            ", ".join(f"{n} {ec[n]:.1f} CPU-s" for n in names))
-    return {"backbone": name, "measured": now(), "epochs": epochs, "batches_per_epoch": n_batches, "batch_size": bs,
-            "default": default, "params": counts,
-            "load_average": {"start": la0, "end": load_average()},
-            "cpu_s_per_epoch": {n: summary(v) for n, v in cpu.items()},
-            "wall_s_per_epoch": {n: summary(v) for n, v in wall.items()},
-            "speedup_vs_official_cpu": {n: summary([a / b for a, b in zip(cpu[OFF], cpu[n])],
-                                                   unit="x") for n in names if n != OFF},
-            "speedup_vs_official_wall": {n: summary([a / b for a, b in zip(wall[OFF], wall[n])],
-                                                    unit="x") for n in names if n != OFF}}
+    res = interleaved_epochs(steppers, data["train"], bs, epochs, OFF, log,
+                             f"[backbones] {name}", batches)
+    return {"backbone": name, "measured": now(), "batch_size": bs, "default": default,
+            "params": counts, **res}
 
 
 def run(ctx: Context, epochs: int | None = None, batches: int | None = None,

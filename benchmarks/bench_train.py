@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Clock, Context, PhaseTimer, load_average, summary, target
+from benchmarks.common import (Clock, Context, PhaseTimer, interleaved_epochs, load_average,
+                               summary, target)
 from benchmarks.instrument import instrumented, step_shares
 
 GRAPH_TARGET = 0.05
@@ -165,34 +166,9 @@ def corect_side_by_side(root: Path, epochs: int, threads: int, log=print) -> dic
     """Train epochs of the official-shaped step vs ours, interleaved per step (see module doc)."""
     torch.set_num_threads(threads)
     steppers, split, counts = _corect_steppers(root)
-    names = list(steppers)
-    cpu = {n: [] for n in names}
-    wall = {n: [] for n in names}
-    gen = torch.Generator().manual_seed(0)
-    la0 = load_average()
-    for ep in range(epochs):
-        ec, ew = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
-        for i, b in enumerate(split.batches(10, True, gen)):
-            for n in names[i % len(names):] + names[:i % len(names)]:
-                with Clock() as c:
-                    steppers[n](b)
-                ec[n] += c.cpu
-                ew[n] += c.wall
-        for n in names:
-            cpu[n].append(ec[n])
-            wall[n].append(ew[n])
-        log(f"[train] side by side, {threads} thread(s), epoch {ep + 1}/{epochs}: " +
-            ", ".join(f"{n} {ec[n]:.1f} CPU-s" for n in names))
-    off = "official-shaped"
-    out = {"threads": threads, "epochs": epochs, "params": counts,
-           "load_average": {"start": la0, "end": load_average()},
-           "cpu_s_per_epoch": {n: summary(v) for n, v in cpu.items()},
-           "wall_s_per_epoch": {n: summary(v) for n, v in wall.items()},
-           "speedup_vs_official_cpu": {n: summary([a / b for a, b in zip(cpu[off], cpu[n])])
-                                       for n in names if n != off},
-           "speedup_vs_official_wall": {n: summary([a / b for a, b in zip(wall[off], wall[n])])
-                                        for n in names if n != off}}
-    return out
+    res = interleaved_epochs(steppers, split, 10, epochs, "official-shaped", log,
+                             f"[train] side by side, {threads} thread(s),")
+    return {"threads": threads, "params": counts, **res}
 
 
 def corect_components(root: Path, n_batches: int, reps: int = 2) -> dict:

@@ -109,6 +109,47 @@ def summary(values: Iterable[float], unit: str = "s", **extra: Any) -> dict[str,
             "unit": unit, "values": [round(x, 6) for x in xs], **extra}
 
 
+def interleaved_epochs(steppers: dict[str, Callable], split, batch_size: int, epochs: int,
+                       ref: str, log=print, tag: str = "", batches: Optional[int] = None
+                       ) -> dict[str, Any]:
+    """Train epochs of several ``step(batch)`` closures on the same shuffled batches, interleaved
+    step by step (the order rotates every step, so no variant always runs first or after the
+    same neighbour), ``batches`` per epoch (None: all): process CPU-seconds and wall per epoch,
+    medians over epochs, and each variant's speed-up against ``ref`` as the median of paired
+    per-epoch ratios (the pairs ran interleaved, so they saw the same load)."""
+    import torch
+    names = list(steppers)
+    cpu = {n: [] for n in names}
+    wall = {n: [] for n in names}
+    gen = torch.Generator().manual_seed(0)
+    la0 = load_average()
+    n_batches = 0
+    for ep in range(epochs):
+        ec, ew = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+        for i, b in enumerate(split.batches(batch_size, True, gen)):
+            if batches and i >= batches:
+                break
+            for n in names[i % len(names):] + names[:i % len(names)]:
+                with Clock() as c:
+                    steppers[n](b)
+                ec[n] += c.cpu
+                ew[n] += c.wall
+            n_batches = i + 1
+        for n in names:
+            cpu[n].append(ec[n])
+            wall[n].append(ew[n])
+        log(f"{tag} epoch {ep + 1}/{epochs} ({n_batches} batches): " +
+            ", ".join(f"{n} {ec[n]:.1f} CPU-s" for n in names))
+    return {"epochs": epochs, "batches_per_epoch": n_batches,
+            "load_average": {"start": la0, "end": load_average()},
+            "cpu_s_per_epoch": {n: summary(v) for n, v in cpu.items()},
+            "wall_s_per_epoch": {n: summary(v) for n, v in wall.items()},
+            "speedup_vs_official_cpu": {n: summary([a / b for a, b in zip(cpu[ref], cpu[n])],
+                                                   unit="x") for n in names if n != ref},
+            "speedup_vs_official_wall": {n: summary([a / b for a, b in zip(wall[ref], wall[n])],
+                                                    unit="x") for n in names if n != ref}}
+
+
 def ratio_summary(num: list[float], den: list[float], **extra: Any) -> dict[str, Any]:
     """Ratio of medians plus the median of paired ratios (pairs were measured interleaved)."""
     pairs = [a / b for a, b in zip(num, den) if b > 0]
