@@ -62,8 +62,8 @@ from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from merc.graphs import corect_graph, num_relations
 from merc.models.base import MercModel, Output, register_model
-from merc.models.corect_fused import (Bands, Packing, grouped_cross_modal, gt_banded,
-                                      rgcn_banded, text_encoder_packed)
+from merc.models.corect_fused import (Bands, Packing, bf16_autocast, grouped_cross_modal,
+                                      gt_banded, rgcn_banded, text_encoder_packed)
 
 
 class CorectConfig(ModelConfig):
@@ -361,7 +361,7 @@ class Corect(MercModel):
     def forward(self, batch: Batch) -> Output:
         cfg = self.config
         mask = batch.mask
-        with torch.autocast(mask.device.type, dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+        with bf16_autocast(mask.device, cfg.autocast_bf16):
             if cfg.kernels == "fused":
                 hcat = self._forward_fused(batch)
             else:

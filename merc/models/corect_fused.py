@@ -70,6 +70,12 @@ class Packing:
         return out.view(*shape[:lead], self.B, self.N, *shape[lead + 1:])
 
 
+def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """The ``autocast_bf16`` context of CORECT and the backbones: matmuls in bf16; the attention
+    functions below keep logits and softmax in fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout (``F.dropout``'s distribution: zero with probability ``p``, survivors
     scaled by 1/(1-p)) drawn from one fp32 uniform per element. Why: ATen's CPU ``bernoulli_``

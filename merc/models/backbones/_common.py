@@ -27,18 +27,14 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merc.graphs import corect_graph, window_edges
 from merc.models.base import Output
-# ``dropout`` is re-exported for the backbones: one uniform-draw dropout for every fused path
-from merc.models.corect_fused import Packing, dropout, text_encoder_packed  # noqa: F401
+# re-exported for the backbones: one dropout and one bf16 context for every fused path
+from merc.models.corect_fused import (Packing, bf16_autocast, dropout,  # noqa: F401
+                                      text_encoder_packed)
 
 EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
 #: how the same network is computed (not a hyperparameter), as CORECT's ``kernels`` key:
 #: "fused" = the packed / batched paths of each backbone, "modules" = nn modules on padded batches
 Kernels = Literal["fused", "modules"]
-
-
-def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """The ``autocast_bf16`` context (CORECT's key): matmuls in bf16, attention scores fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 #: the released SPCL code's Transformer FFN width (``nn.TransformerEncoderLayer``'s default)
 RELEASED_FFN = 2048
