@@ -201,7 +201,8 @@ class PairwiseCrossModal(nn.Module):
         km = torch.stack([key_masks[s] for s, _ in self.pairs])
         for i in range(len(self.cross[self.names[0]])):                # D layers, eq. (12)
             z = grouped_cross_modal([self.cross[n][i] for n in self.names], z, z0, pk, km)
-        z = torch.stack([torch.cat([z[g] for g, (_, t) in enumerate(self.pairs) if t == tt], -1)
+        zs = z.unbind(0)                        # not z[g]: a select's backward zero-fills all of z
+        z = torch.stack([torch.cat([zs[g] for g, (_, t) in enumerate(self.pairs) if t == tt], -1)
                          for tt in range(M)])                          # concat over sources
         for i in range(len(self.mem[0])):
             z = grouped_cross_modal([self.mem[t][i] for t in range(M)], z, None, pk,

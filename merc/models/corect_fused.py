@@ -108,7 +108,8 @@ def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, he
     # the same computation), so q, k, v come out of the padding contiguous
     x = qkv if lowp else qkv.float()
     x = pk.pad(x.view(G, U, 3, heads, d // heads).permute(0, 2, 3, 1, 4), lead=3)
-    q, k, v = (x[:, i].reshape(G * heads, B, N, d // heads) for i in range(3))
+    # unbind, not x[:, i]: each select's backward would zero-fill the whole padded qkv
+    q, k, v = (t.reshape(G * heads, B, N, d // heads) for t in x.unbind(1))
     mask = key_mask[:, None, :, None, :].expand(G, heads, B, 1, N).reshape(G * heads, B, 1, N)
     if dropout_p > 0.0 or lowp:
         # SDPA's math path written out: under autocast the two matmuls run in bf16 and the softmax
@@ -241,16 +242,19 @@ def rgcn_banded(rgcn, x: torch.Tensor, pk: Packing, bands: Bands, use_multi: boo
     """
     M = x.shape[0]
     rel = {r: i for i, r in enumerate(relation_names(M, use_multi, bands.use_temp))}
-    W = rgcn.weight
+    # unbind once: every select (x[k], W[r]) would back-propagate into its own zero-filled copy
+    # of the whole tensor
+    W = rgcn.weight.unbind(0)
+    xs = x.unbind(0)
     means = []
     if bands.use_temp:
         xp = pk.pad(x, lead=1)                                         # [M, B, N, h]
         for lo, hi in ((bands.lo, min(bands.hi, -1)), (max(bands.lo, 1), bands.hi)):
             a = _row_mean(bands.mask(lo, hi), x.dtype)                 # [B, N, N]
-            means.append(pk.unpad(a @ xp, lead=1))                     # [M, U, h]
+            means.append(pk.unpad(a @ xp, lead=1).unbind(0))           # M x [U, h]
     outs = []
     for k in range(M):
-        feats, ws = [x[k]], [rgcn.root]
+        feats, ws = [xs[k]], [rgcn.root]
         if bands.use_temp:
             feats += [means[0][k], means[1][k]]
             ws += [W[rel[("past", k, k)]], W[rel[("future", k, k)]]]
@@ -259,7 +263,7 @@ def rgcn_banded(rgcn, x: torch.Tensor, pk: Packing, bands: Bands, use_multi: boo
         if use_multi:
             for a in range(M):
                 if a != k:
-                    feats.append(x[a])
+                    feats.append(xs[a])
                     ws.append(W[rel[("cross", a, k)]])
         out = torch.cat(feats, -1) @ torch.cat(ws, 0)
         outs.append(out + rgcn.bias if rgcn.bias is not None else out)
@@ -298,7 +302,8 @@ def _gt_attention(q, k, v, pk: Packing, bands: Bands, use_multi: bool) -> torch.
     if cross:
         # logits of the same utterance's other modalities (eq. 5 edges), -inf for l == k
         none = q.new_full((U, H), float("-inf"))
-        sx = torch.stack([torch.stack([(q[t] * k[l]).sum(-1) * scale if l != t else none
+        qs, ks = q.unbind(0), k.unbind(0)
+        sx = torch.stack([torch.stack([(qs[t] * ks[l]).sum(-1) * scale if l != t else none
                                        for l in range(M)], dim=-1) for t in range(M)])
         s = torch.cat([s, pk.pad(sx.transpose(1, 2), lead=2)], dim=-1)   # [M, H, B, N, N+M]
         p = torch.softmax(s, dim=-1)
@@ -308,7 +313,8 @@ def _gt_attention(q, k, v, pk: Packing, bands: Bands, use_multi: bool) -> torch.
     N = band.shape[-1]
     out = (p[..., :N] @ vp).float()                                    # [M, H, B, N, C]
     if cross:
-        px, vf = p[..., N:], vp.float()
-        out = out + torch.stack([sum(px[t, ..., l, None] * vf[l] for l in range(M) if l != t)
+        px = [pt.unbind(-1) for pt in p[..., N:].unbind(0)]         # [t][l]: [H, B, N]
+        vf = vp.float().unbind(0)
+        out = out + torch.stack([sum(px[t][l][..., None] * vf[l] for l in range(M) if l != t)
                                  for t in range(M)])
     return pk.unpad(out, lead=2).transpose(1, 2).reshape(M, U, H * C)
