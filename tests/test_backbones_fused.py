@@ -120,3 +120,91 @@ def test_fused_dropout_distribution():
     y.sum().backward()
     assert torch.equal(x.grad, kept.float() / 0.9)
     assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+
+
+# ---- the oneDNN kernels of the packed encoders (merc.models.backbones._fused) --------------------
+
+def _grads(fn, *ts):
+    out = fn(*ts)
+    out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+    return [out.detach()] + [t.grad for t in ts]
+
+
+@pytest.mark.parametrize("relu,bias,input_grad", [(False, True, True), (True, True, False),
+                                                  (False, False, True)])
+def test_fused_linear_equals_functional(relu, bias, input_grad):
+    """``linear`` = ``F.linear`` (+ ReLU): output and the gradients of x, W, b to 1e-5; no input
+    gradient is formed when the input needs none (the raw features)."""
+    from merc.models.backbones import _fused
+    torch.manual_seed(0)
+    x = torch.randn(37, 24, requires_grad=input_grad)
+    w, b = torch.randn(40, 24, requires_grad=True), torch.randn(40, requires_grad=True)
+    args = (x, w, b) if bias else (x, w)
+
+    def ref(x, w, b=None):
+        y = torch.nn.functional.linear(x, w, b)
+        return torch.relu(y) if relu else y
+    want = _grads(ref, *args)
+    for t in args:
+        t.grad = None
+    got = _grads(lambda *a: _fused.linear(*a, relu=relu), *args)
+    for a, b_ in zip(want, got):
+        assert (a is None) == (b_ is None)
+        if a is not None:
+            assert torch.allclose(a, b_, atol=1e-5, rtol=1e-5)
+    assert _fused.onednn_ok(x) == _fused._ONEDNN
+
+
+@pytest.mark.parametrize("p", [0.5, 0.0])
+def test_fused_ffn_equals_modules(p):
+    """``ffn`` = ``lin2(dropout(relu(lin1(x))))`` with the same dropout mask: output and every
+    gradient to 1e-5 (the backward's single mask [f > 0] / (1 - p) is exact)."""
+    from merc.models.backbones._fused import ffn, keep_mask
+    torch.manual_seed(0)
+    lin1, lin2 = nn.Linear(24, 64), nn.Linear(64, 24)
+    x = torch.randn(53, 24, requires_grad=True)
+    torch.manual_seed(1)
+    got = _grads(lambda x: ffn(x, lin1, lin2, p, True), x)
+    g1 = [t.grad.clone() for t in (*lin1.parameters(), *lin2.parameters())]
+    x.grad = None
+    lin1.zero_grad(), lin2.zero_grad()
+    torch.manual_seed(1)
+    keep = keep_mask((53, 64), p, x.device) if p else 1.0
+    want = _grads(lambda x: lin2(torch.relu(lin1(x)) * keep), x)
+    g0 = [t.grad for t in (*lin1.parameters(), *lin2.parameters())]
+    for a, b in zip(want + g0, got + g1):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("p,values", [(0.5, {0.0, 2.0}), (0.25, {0.0, 4 / 3}),
+                                      (3 / 2 ** 12, {0.0, 1 / (1 - 3 / 2 ** 12)}),
+                                      (0.1, {0.0, 1 / 0.9})])
+def test_fused_keep_mask_distribution(p, values):
+    """``keep_mask``: 0 with probability p (8- / 16-bit draws for dyadic p, floats otherwise),
+    survivors 1 / (1 - p); the dropout built on it passes survivors' gradients scaled the same."""
+    from merc.models.backbones._fused import dropout, keep_mask
+    torch.manual_seed(0)
+    k = keep_mask((500, 800), p, torch.device("cpu"))
+    assert k.dtype == torch.float32 and k.shape == (500, 800)
+    assert set(torch.unique(k).tolist()) <= {float(torch.tensor(v)) for v in values}
+    assert abs((k == 0).float().mean().item() - p) < 4 * (p * (1 - p) / k.numel()) ** 0.5 + 1e-6
+    x = torch.full((1000,), 3.0, requires_grad=True)
+    y = dropout(x, p, True)
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() / (1 - p))
+    assert dropout(x, p, False) is x
+
+
+def test_fused_step_is_deterministic(small):
+    """Same seed, same batch: bitwise-equal logits and gradients (oneDNN at one thread), with
+    every dropout on."""
+    runs = []
+    for _ in range(2):
+        _, cfg = resolve_config("dialoguegcn", {"hidden_size": 8} | RELEASED_SMALL["dialoguegcn"])
+        torch.manual_seed(0)
+        model = build_model("dialoguegcn", cfg, small.meta).train()
+        out = model(small["train"].batch([0, 1, 2]))
+        out.logits.sum().backward()
+        runs.append([out.logits.detach()] + [p.grad for p in model.parameters()
+                                             if p.grad is not None])
+    assert all(torch.equal(a, b) for a, b in zip(*runs))

@@ -134,8 +134,10 @@ class InputWidthTransformer(nn.Module):
     def forward_packed(self, x: torch.Tensor, pk: Packing, mask: torch.Tensor) -> torch.Tensor:
         """``forward(...)[mask]`` from the packed real rows [U, d] (``kernels="fused"``): the
         position-wise layers run on the U real utterances only, attention per dialogue through one
-        masked SDPA (:func:`merc.models.corect_fused.text_encoder_packed`)."""
-        return self.lin_out(text_encoder_packed(self.tf, x, pk, mask))
+        masked batched product, through the oneDNN linear / FFN kernels of
+        :mod:`merc.models.backbones._fused` on CPU fp32 (:func:`~._fused.encoder_packed`)."""
+        from merc.models.backbones._fused import encoder_packed, linear
+        return linear(encoder_packed(self.tf, x, pk, mask), self.lin_out.weight, self.lin_out.bias)
 
 
 # ---- cached graphs ---------------------------------------------------------------------------
