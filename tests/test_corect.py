@@ -270,7 +270,7 @@ def test_fused_dropout_paths_reduce_to_modules_at_negligible_rate(tiny):
     assert torch.allclose(a, b, atol=1e-5), float((a - b).abs().max())
 
 
-def test_uniform_draw_dropout_has_dropouts_distribution():
+def test_fused_dropout_has_dropouts_distribution():
     from merc.models.corect_fused import dropout
     torch.manual_seed(0)
     x = torch.ones(1000, 1000, requires_grad=True)
@@ -279,6 +279,10 @@ def test_uniform_draw_dropout_has_dropouts_distribution():
         assert abs(float((y == 0).float().mean()) - p) < 3e-3
         assert torch.allclose(y[y != 0], torch.tensor(1.0 / (1.0 - p)))
         assert abs(float(y.detach().mean()) - 1.0) < 5e-3
+    # four elements share one 64-bit draw: neighbours must still drop independently
+    d = (dropout(torch.ones(4_000_000), 0.5, True) == 0).view(-1, 4).float()
+    for i, j in ((0, 1), (1, 2), (2, 3), (0, 3)):
+        assert abs(float((d[:, i] * d[:, j]).mean()) - 0.25) < 2e-3
     y = dropout(x, 0.3, True)
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())                 # the gradient goes through the same mask
