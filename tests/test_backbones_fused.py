@@ -208,3 +208,41 @@ def test_fused_step_is_deterministic(small):
         runs.append([out.logits.detach()] + [p.grad for p in model.parameters()
                                              if p.grad is not None])
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("heads,p", [(1, 0.5), (2, 0.5), (2, 0.0)])
+def test_dialogue_attention_equals_padded(heads, p):
+    """``dialogue_attention`` = per dialogue softmax(Q K^T / sqrt(d_h)) V with dropout on the
+    probabilities (the same draw), on packed rows: output and the gradient of qkv to 1e-5; without
+    dropout also equal to the padded masked SDPA."""
+    from merc.models.backbones._fused import dialogue_attention, keep_mask
+    sizes, d = [5, 1, 9, 3], 8
+    U, dh = sum(sizes), d // heads
+    torch.manual_seed(0)
+    qkv = torch.randn(U, 3 * d, requires_grad=True)
+    torch.manual_seed(1)
+    got = _grads(lambda t: dialogue_attention(t, sizes, heads, p), qkv)
+    qkv.grad = None
+    torch.manual_seed(1)
+    keep = keep_mask((heads * sum(n * n for n in sizes),), p, qkv.device) if p else None
+
+    def ref(t):
+        outs, o, used = [], 0, 0
+        for n in sizes:
+            q, k, v = (t[o:o + n, i * d:(i + 1) * d].view(n, heads, dh).transpose(0, 1)
+                       for i in range(3))
+            a = torch.softmax(q @ k.transpose(1, 2) / dh ** 0.5, -1)
+            if keep is not None:
+                a = a * keep[used:used + heads * n * n].view(heads, n, n)
+            outs.append((a @ v).transpose(0, 1).reshape(n, d))
+            o, used = o + n, used + heads * n * n
+        return torch.cat(outs)
+    want = _grads(ref, qkv)
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    if not p:
+        from merc.models.corect_fused import Packing, packed_attention
+        mask = torch.arange(max(sizes))[None] < torch.tensor(sizes)[:, None]
+        with torch.no_grad():
+            padded = packed_attention(qkv, Packing(mask), mask, heads, 0.0)
+        assert torch.allclose(padded, got[0], atol=1e-5)

@@ -37,10 +37,15 @@ from merc.models.corect_fused import Packing, packed_attention
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def cpu_fp32(x: torch.Tensor) -> bool:
+    """``x`` is a CPU fp32 tensor and CPU autocast is off (the default numerics on CPU)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def onednn_ok(x: torch.Tensor) -> bool:
     """Whether :func:`linear` may use oneDNN for ``x``: CPU fp32 outside autocast."""
-    return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu"))
+    return _ONEDNN and cpu_fp32(x)
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
@@ -61,7 +66,7 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, gy):
         x, w, y = ctx.saved_tensors
         if ctx.relu:
-            gy = gy.masked_fill(y <= 0, 0.0)                       # F.relu's backward
+            gy = torch.ops.aten.threshold_backward(gy, y, 0)        # F.relu's backward
         gx = _mm(gy, w.t()) if ctx.needs_input_grad[0] else None     # gy W
         gw = _mm(gy.t(), x.t()) if ctx.needs_input_grad[1] else None  # gy^T x
         gb = gy.sum(0) if ctx.has_b and ctx.needs_input_grad[2] else None
@@ -116,7 +121,7 @@ class _FFN(torch.autograd.Function):
         x, w1, w2, f = ctx.saved_tensors
         gw2, gb2 = _mm(gy.t(), f.t()), gy.sum(0)
         # d f / d pre = [f > 0] * scale: f > 0 iff the ReLU passed and dropout kept it
-        gpre = _mm(gy, w2.t()).masked_fill_(f <= 0, 0.0)
+        gpre = torch.ops.aten.threshold_backward(_mm(gy, w2.t()), f, 0)
         if ctx.scale != 1.0:
             gpre.mul_(ctx.scale)
         gx = _mm(gpre, w1.t()) if ctx.needs_input_grad[0] else None
@@ -131,18 +136,79 @@ def ffn(x: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, p: float, training: b
     return lin2(dropout(torch.relu(lin1(x)), p, training))
 
 
+class _DialogueAttention(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(d_h)) V per dialogue on its own rows of the packed ``qkv``."""
+
+    @staticmethod
+    def forward(ctx, qkv, sizes: list[int], heads: int, p: float):
+        U, d = qkv.shape[0], qkv.shape[1] // 3
+        x, scale = qkv.view(U, 3, heads, d // heads), 1.0 / math.sqrt(d // heads)
+        out = qkv.new_empty(U, heads, d // heads)
+        # one dropout draw for every dialogue's probabilities (empty: no dropout)
+        keep = keep_mask((heads * sum(n * n for n in sizes),), p, qkv.device) if p > 0.0 \
+            else qkv.new_empty(0)
+        probs, o, used = [], 0, 0
+        for n in sizes:
+            q, k, v = (x[o:o + n, i].transpose(0, 1) for i in range(3))     # [H, n, dh]
+            a = torch.softmax(torch.baddbmm(q.new_empty(heads, n, n), q, k.transpose(1, 2),
+                                            beta=0.0, alpha=scale), dim=-1)
+            ad = a * keep[used:used + heads * n * n].view(heads, n, n) if p > 0.0 else a
+            out[o:o + n].copy_(torch.bmm(ad, v).transpose(0, 1))
+            probs.append(a)
+            o, used = o + n, used + heads * n * n
+        ctx.sizes, ctx.heads, ctx.scale = sizes, heads, scale
+        ctx.save_for_backward(qkv, keep, *probs)
+        return out.view(U, d)
+
+    @staticmethod
+    def backward(ctx, g):
+        qkv, keep, *probs = ctx.saved_tensors
+        U, d, H = qkv.shape[0], qkv.shape[1] // 3, ctx.heads
+        x, gx = qkv.view(U, 3, H, d // H), torch.empty_like(qkv).view(U, 3, H, d // H)
+        g = g.reshape(U, H, d // H)
+        o = used = 0
+        for a, n in zip(probs, ctx.sizes):
+            q, k, v = (x[o:o + n, i].transpose(0, 1) for i in range(3))     # [H, n, dh]
+            go = g[o:o + n].transpose(0, 1)
+            ga = torch.bmm(go, v.transpose(1, 2))                            # d / d(dropped a)
+            ad = a
+            if keep.numel():
+                kb = keep[used:used + H * n * n].view(H, n, n)
+                ad, ga = a * kb, ga.mul_(kb)
+            gx[o:o + n, 2].copy_(torch.bmm(ad.transpose(1, 2), go).transpose(0, 1))
+            gs = torch._softmax_backward_data(ga, a, -1, a.dtype).mul_(ctx.scale)
+            gx[o:o + n, 0].copy_(torch.bmm(gs, k).transpose(0, 1))
+            gx[o:o + n, 1].copy_(torch.bmm(gs.transpose(1, 2), q).transpose(0, 1))
+            o, used = o + n, used + H * n * n
+        return gx.view(U, 3 * d), None, None, None
+
+
+def dialogue_attention(qkv: torch.Tensor, sizes: list[int], heads: int, p: float
+                       ) -> torch.Tensor:
+    """Multi-head self-attention of each dialogue over its own utterances: ``qkv`` packed
+    [U, 3d] (projected queries | keys | values, dialogue-major rows, ``sizes`` rows per
+    dialogue), dropout ``p`` on the probabilities; returns [U, d]. Exactly the padded attention
+    with a key mask at the real rows, without the padding (~3x fewer products on IEMOCAP
+    batches, whose dialogues are 20-110 long) and without the pad / unpad copies."""
+    return _DialogueAttention.apply(qkv, sizes, heads, p)
+
+
 def encoder_packed(enc: nn.TransformerEncoder, x: torch.Tensor, pk: Packing,
                    key_mask: torch.Tensor) -> torch.Tensor:
     """``nn.TransformerEncoder`` of post-norm ReLU layers on packed rows [U, d] (the padded
     module's output at the real positions): position-wise products on the U real rows through
-    :func:`linear` / :func:`ffn`, attention per dialogue in one masked batched product
-    (:func:`merc.models.corect_fused.packed_attention`)."""
+    :func:`linear` / :func:`ffn`, attention per dialogue on its own rows
+    (:func:`dialogue_attention`; off CPU fp32, e.g. under ``autocast_bf16``, one masked padded
+    product, :func:`merc.models.corect_fused.packed_attention`)."""
+    sizes = key_mask.sum(1).tolist()                   # rows per dialogue (dialogue-major rows)
     for layer in enc.layers:
         if layer.norm_first or layer.activation is not F.relu:
             raise ValueError("encoder_packed: expects post-norm ReLU layers")
         at, tr = layer.self_attn, layer.training
         qkv = linear(x, at.in_proj_weight, at.in_proj_bias)
-        a = packed_attention(qkv, pk, key_mask, at.num_heads, at.dropout if tr else 0.0)
+        p = at.dropout if tr else 0.0
+        a = (dialogue_attention(qkv, sizes, at.num_heads, p) if cpu_fp32(qkv)
+             else packed_attention(qkv, pk, key_mask, at.num_heads, p))
         a = linear(a, at.out_proj.weight, at.out_proj.bias)
         x = layer.norm1(x + dropout(a, layer.dropout1.p, tr))
         f = ffn(x, layer.linear1, layer.linear2, layer.dropout.p, tr)
