@@ -300,3 +300,28 @@ def test_bf16_attention_close_to_fp32(tiny):
         a, b = lo(batch).logits[batch.mask], hi(batch).logits[batch.mask]
     assert not torch.equal(a, b)
     assert torch.allclose(a, b, atol=0.05 * float(b.abs().max()) + 1e-3)
+
+
+@pytest.mark.parametrize("G,d,heads,partial", [(1, 16, 2, False), (3, 12, 3, True)])
+def test_dialogue_attention_equals_padded(G, d, heads, partial):
+    """Training attention per dialogue (no padding) = the padded masked product: outputs and the
+    gradient of qkv, with and without keys masked out (missing modalities)."""
+    from merc.models.corect_fused import Packing, dialogue_attention, padded_attention
+    torch.manual_seed(0)
+    lengths = torch.tensor([5, 1, 9, 3])
+    mask = torch.arange(9)[None] < lengths[:, None]
+    pk = Packing(mask)
+    key_mask = mask.expand(G, *mask.shape).clone()
+    if partial:
+        key_mask &= torch.rand(key_mask.shape) > 0.4
+        key_mask[:, :, 0] |= mask[:, 0]                 # every dialogue keeps a key
+    qkv = torch.randn(G, pk.U, 3 * d, dtype=torch.float64)
+    w = torch.randn(G, pk.U, d, dtype=torch.float64)
+    outs = []
+    for f in (dialogue_attention, padded_attention):
+        x = qkv.clone().requires_grad_()
+        y = f(x, pk, key_mask, heads, 0.0)
+        (y * w).sum().backward()
+        outs.append((y.detach(), x.grad))
+    assert torch.allclose(outs[0][0].double(), outs[1][0].double(), atol=1e-5)
+    assert torch.allclose(outs[0][1].double(), outs[1][1].double(), atol=1e-5)

@@ -47,14 +47,24 @@ from torch import nn
 from merc.graphs import receive_range, relation_names
 
 
+
 class Packing:
     """Map between padded ``[..., B, N, f]`` and packed ``[..., U, f]`` (real positions, flat batch
     order = the row order of ``x[mask]``)."""
 
     def __init__(self, mask: torch.Tensor):
         self.B, self.N = mask.shape
+        self.mask = mask
         self.idx = mask.reshape(-1).nonzero().squeeze(1)
         self.U = self.idx.numel()
+        self._sizes: Optional[list[int]] = None
+
+    @property
+    def sizes(self) -> list[int]:
+        """Packed rows per dialogue (rows are dialogue-major)."""
+        if self._sizes is None:
+            self._sizes = self.mask.sum(1).tolist()
+        return self._sizes
 
     def unpad(self, x: torch.Tensor, lead: int = 0) -> torch.Tensor:
         """``x`` [*lead, B, N, *f] -> [*lead, U, *f]."""
@@ -76,21 +86,33 @@ def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def keep_mask(shape, p: float, device: torch.device) -> torch.Tensor:
+    """fp32 inverted-dropout multipliers: 0 with probability ``p``, else 1 / (1 - p).
+
+    When p is a multiple of 2^-8 (2^-16), as the usual 0.5, each
+    element compares 8 (16) random bits with a threshold, the bits cut from full-range int64
+    draws: P(keep) = 1 - p exactly, the distribution of ``F.dropout``. Other p draw one float
+    uniform per element. Why: ATen's CPU ``bernoulli_`` costs ~14 ns per element and a float
+    uniform ~4; the text Transformer's dropouts (p = 0.5 on [U, 768], [U, 2048] and the attention
+    probabilities) draw ~5M per step. Not the random stream of ``nn.Dropout``."""
+    bits = next((b for b in (8, 16) if float(p * 2 ** b).is_integer()), None)
+    if bits is None:
+        return torch.rand(shape, device=device).ge_(p).mul_(1.0 / (1.0 - p))
+    n, per = math.prod(shape), 64 // bits
+    words = torch.empty((n + per - 1) // per, dtype=torch.int64, device=device)
+    r = words.random_(-2 ** 63, None).view(torch.int8 if bits == 8 else torch.int16)[:n]
+    # r is uniform on [-2^(bits-1), 2^(bits-1)): keep iff r >= -2^(bits-1) + p 2^bits
+    return r.view(shape).ge(int(p * 2 ** bits) - 2 ** (bits - 1)).to(torch.float32).mul_(
+        1.0 / (1.0 - p))
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout (``F.dropout``'s distribution: zero with probability ``p``, survivors
-    scaled by 1/(1-p)) drawn from 16 random bits per element: one full-range int64 draw gives
-    four elements. Why: ATen's CPU ``bernoulli_`` costs ~14 ns per element and a float uniform ~4;
-    the text Transformer's dropouts (p = 0.5 on [U, 768], [U, 2048] and the attention
-    probabilities) draw ~5M per step. The drop probability is ``round(p * 2**16) / 2**16``: exactly
-    p for p = 0.5 (and any multiple of 2**-16), within 7.6e-6 of p otherwise. Not the same random
-    stream as ``nn.Dropout``, the same distribution."""
+    """Inverted dropout (``F.dropout``'s distribution) with :func:`keep_mask`'s draw; the one
+    dropout of the fused paths (CORECT and the backbones)."""
     if not training or p == 0.0:
         return x
-    n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2**63, None)
-    bits = bits.view(torch.int16)[:n].view(x.shape)          # uniform on [-2**15, 2**15)
-    keep = bits.ge(round(p * 65536) - 32768).to(x.dtype).mul_(1.0 / (1.0 - p))
-    return keep.mul_(x)
+    keep = keep_mask(x.shape, p, x.device)
+    return keep.mul_(x) if x.dtype == keep.dtype else x * keep.to(x.dtype)
 
 
 def packed_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
@@ -103,9 +125,19 @@ def packed_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, hea
 def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
                       dropout_p: float) -> torch.Tensor:
     """:func:`packed_attention` for G independent attention modules at once: ``qkv`` [G, U, 3d],
-    ``key_mask`` [G, B, N]; returns [G, U, d]. Without dropout one fused SDPA over all G x heads;
-    with dropout SDPA's own math path written out, so that the probabilities go through
-    :func:`dropout` instead of ``bernoulli_``."""
+    ``key_mask`` [G, B, N]; returns [G, U, d]. In training (a gradient is needed) each dialogue on
+    its own rows (:func:`dialogue_attention`), otherwise one padded product
+    (:func:`padded_attention`)."""
+    if torch.is_grad_enabled() and qkv.requires_grad:
+        return dialogue_attention(qkv, pk, key_mask, heads, dropout_p)
+    return padded_attention(qkv, pk, key_mask, heads, dropout_p)
+
+
+def padded_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
+                     dropout_p: float) -> torch.Tensor:
+    """:func:`grouped_attention` on the padded view: without dropout one fused SDPA over all
+    G x heads; with dropout SDPA's own math path written out, so that the probabilities go
+    through :func:`dropout` instead of ``bernoulli_``."""
     G, U, d3 = qkv.shape
     d, B, N = d3 // 3, pk.B, pk.N
     lowp = torch.is_autocast_enabled(qkv.device.type)       # autocast_bf16: bf16 matmuls
@@ -131,6 +163,85 @@ def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, he
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     o = pk.unpad(o.view(G, heads, B, N, d // heads), lead=2)            # [G, heads, U, d_h]
     return o.transpose(1, 2).reshape(G, U, d)
+
+
+class _DialogueAttention(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(d_h) + bias) V of each dialogue on its own packed rows, for G groups x
+    heads at once, in fp32 whatever the input dtype; the backward written out (no padding, no
+    per-dialogue autograd nodes)."""
+
+    @staticmethod
+    def forward(ctx, qkv, sizes: list[int], key_mask: Optional[torch.Tensor], heads: int,
+                p: float):
+        # key_mask: None (every row may be attended) or packed [G, U] bool
+        G, U, d3 = qkv.shape
+        H, dh = heads, d3 // 3 // heads
+        scale = 1.0 / math.sqrt(dh)
+        x = qkv.float().view(G, U, 3, H, dh)
+        out = x.new_empty(G, U, H, dh)
+        saved, o = [], 0
+        with torch.autocast(qkv.device.type, enabled=False):
+            for n in sizes:
+                q, k, v = _dialogue_operands(x, o, n)
+                if key_mask is None:
+                    s = torch.baddbmm(q.new_empty(G * H, n, n), q, k.transpose(1, 2), beta=0.0,
+                                      alpha=scale)
+                else:                  # keys a query may not attend to (missing modality): -inf
+                    bias = q.new_zeros(G, 1, 1, n).masked_fill_(
+                        ~key_mask[:, None, None, o:o + n], float("-inf"))
+                    s = torch.baddbmm(bias.expand(G, H, n, n).reshape(G * H, n, n), q,
+                                      k.transpose(1, 2), alpha=scale)
+                a = torch.softmax(s, dim=-1)
+                keep = keep_mask(a.shape, p, a.device) if p > 0.0 else None
+                ad = a * keep if keep is not None else a
+                out[:, o:o + n].copy_(torch.bmm(ad, v).view(G, H, n, dh).transpose(1, 2))
+                saved += [a, keep, ad]
+                o += n
+        ctx.sizes, ctx.H, ctx.scale, ctx.saved, ctx.dtype = sizes, H, scale, saved, qkv.dtype
+        ctx.save_for_backward(x)
+        return out.view(G, U, d3 // 3)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        G, U, _, H, dh = x.shape
+        gx = torch.empty_like(x)
+        g = g.float().reshape(G, U, H, dh)
+        o = 0
+        with torch.autocast(x.device.type, enabled=False):
+            for j, n in enumerate(ctx.sizes):
+                a, keep, ad = ctx.saved[3 * j: 3 * j + 3]
+                q, k, v = _dialogue_operands(x, o, n)
+                go = g[:, o:o + n].transpose(1, 2).reshape(G * H, n, dh)
+                ga = torch.bmm(go, v.transpose(1, 2))                  # d loss / d (a * keep)
+                if keep is not None:
+                    ga.mul_(keep)
+                gs = torch._softmax_backward_data(ga, a, -1, torch.float32).mul_(ctx.scale)
+                for i, grad in enumerate((torch.bmm(gs, k), torch.bmm(gs.transpose(1, 2), q),
+                                          torch.bmm(ad.transpose(1, 2), go))):
+                    gx[:, o:o + n, i].copy_(grad.view(G, H, n, dh).transpose(1, 2))
+                o += n
+        ctx.saved = None
+        return gx.view(G, U, -1).to(ctx.dtype), None, None, None, None
+
+
+def _dialogue_operands(x: torch.Tensor, o: int, n: int) -> tuple[torch.Tensor, ...]:
+    """q, k, v [G*H, n, d_h] of the dialogue on rows o..o+n of ``x`` [G, U, 3, H, d_h]."""
+    G, _, _, H, dh = x.shape
+    return tuple(x[:, o:o + n, i].transpose(1, 2).reshape(G * H, n, dh) for i in range(3))
+
+
+def dialogue_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
+                       dropout_p: float) -> torch.Tensor:
+    """:func:`grouped_attention` for training: each dialogue attends over its own packed rows
+    (``qkv`` [G, U, 3d], dialogue-major), so nothing is computed for padding (the padded
+    products of a batch of IEMOCAP dialogues are ~56% padding) and there are no pad / unpad
+    copies. The same function: keys outside ``key_mask`` [G, B, N] get -inf as in the padded
+    path. fp32 throughout, also under ``autocast_bf16``: at these sizes (d_h 50-100, n <= 110)
+    the bf16 products save less than their casts cost. Returns fp32 [G, U, d]."""
+    km = pk.unpad(key_mask, lead=1)                             # [G, U]
+    return _DialogueAttention.apply(qkv, pk.sizes, None if bool(km.all()) else km, heads,
+                                    dropout_p)
 
 
 def _stack(mods, name: str) -> torch.Tensor:
