@@ -1,24 +1,37 @@
-"""Model registry: ``build_model(name, config, meta)``; every model module registers itself."""
+"""Model registry: ``build_model(name, config, meta)``; every model module registers itself.
+
+Lazy: ``get_entry(name)`` imports only the module of ``name`` (a sweep's driver validating a
+CORECT spec, or a trial worker building one, does not import the seven other models; a model
+without PyG then never imports PyG). ``model_names()`` and an unknown name import them all."""
 from __future__ import annotations
 
 import importlib
 
 from merc.models.base import REGISTRY, MercModel, ModelEntry, Output, register_model
 
-#: modules that register models; importing them fills REGISTRY
-_MODULES = ["merc.models.corect", "merc.models.backbones.dialoguegcn",
-            "merc.models.backbones.biddin", "merc.models.backbones.mmgcn",
-            "merc.models.backbones.mmdfn", "merc.models.multidag",
-            "merc.models.ada2i", "merc.models.micga"]
+#: model name -> the module that registers it (importing it fills REGISTRY[name])
+MODULES = {"corect": "merc.models.corect", "dialoguegcn": "merc.models.backbones.dialoguegcn",
+           "biddin": "merc.models.backbones.biddin", "mmgcn": "merc.models.backbones.mmgcn",
+           "mmdfn": "merc.models.backbones.mmdfn", "multidag": "merc.models.multidag",
+           "ada2i": "merc.models.ada2i", "micga": "merc.models.micga"}
 
 
 def _load_all() -> None:
-    for mod in _MODULES:
+    for mod in MODULES.values():
         importlib.import_module(mod)
 
 
+def module_of(name: str) -> str | None:
+    """The module that registers model ``name`` (None: not a built-in model)."""
+    return MODULES.get(name)
+
+
 def get_entry(name: str) -> ModelEntry:
-    _load_all()
+    if name not in REGISTRY:
+        if name in MODULES:
+            importlib.import_module(MODULES[name])
+        if name not in REGISTRY:
+            _load_all()
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; registered: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
@@ -33,4 +46,5 @@ def build_model(name: str, config, meta) -> MercModel:
     return get_entry(name).builder(config, meta)
 
 
-__all__ = ["build_model", "get_entry", "model_names", "register_model", "Output", "MercModel"]
+__all__ = ["build_model", "get_entry", "model_names", "module_of", "register_model", "Output",
+           "MercModel"]
