@@ -18,6 +18,7 @@ Order of work (each step fails before the next starts):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -255,6 +256,50 @@ def _prefetch_reporting() -> None:
     threading.Thread(target=load, name="merc-prefetch", daemon=True).start()
 
 
+@contextlib.contextmanager
+def pending_trials(n: int):
+    """Let Tune stage up to ``n`` trials at once (``TUNE_MAX_PENDING_TRIALS_PG``, unless the user
+    set it). With a custom searcher (ours: grid and Optuna) Tune stages one trial at a time, so
+    the second slot's worker only starts importing once the first trial runs: its first trial
+    starts an actor start-up later (~4 s) and the sweep ends that much later. With ``n`` = the
+    slots, every slot's worker starts at once; afterwards a staged trial waits for each slot."""
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    if key in os.environ:
+        yield
+        return
+    os.environ[key] = str(max(1, int(n)))
+    try:
+        yield
+    finally:
+        os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def plain_trial_actors(active: bool):
+    """Trial actors without a runtime_env, so that they take the worker processes the local Ray
+    prestarts (one per CPU, already up when ``ray.init`` returns). Tune gives every
+    trial actor ``runtime_env={"env_vars": {"PL_DISABLE_FORK": "1"}}`` (for PyTorch Lightning; the
+    driver exports it to every worker instead, :meth:`_Sweep.start_ray`); a worker started without
+    that runtime_env never runs such an actor, so Ray would start (and import torch, PyG, merc into)
+    one more process per slot while the prestarted ones idle. Nothing changes when Tune has more to pass (a variable it propagates is
+    set in the driver) or when Ray is not this sweep's own."""
+    if not active:
+        yield
+        return
+    from ray.tune.execution import class_cache
+    env = class_cache.DEFAULT_ENV_VARS
+    if set(env) - {"PL_DISABLE_FORK"} or any(v in os.environ
+                                             for v in class_cache.ENV_VARS_TO_PROPAGATE):
+        yield
+        return
+    saved = dict(env)
+    env.clear()
+    try:
+        yield
+    finally:
+        env.update(saved)
+
+
 class _DropMessage(logging.Filter):
     def __init__(self, text: str):
         super().__init__()
@@ -469,8 +514,23 @@ class _Sweep:
             ray.init(address=self.o.address, log_to_driver=self.o.verbose > 1)
         else:
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            # what Tune sets in every trial actor's runtime_env, here inherited by all workers
+            # (so that the actors can take the prestarted workers: plain_trial_actors)
+            os.environ.setdefault("PL_DISABLE_FORK", "1")
             ray.init(num_cpus=self.o.num_cpus, log_to_driver=self.o.verbose > 1,
                      include_dashboard=False)
+            self._own_ray = True
+
+    def slots(self) -> int:
+        """Trials that can run at once: ``--max-concurrent``, else the cluster's CPUs (and GPUs)
+        divided by a trial's."""
+        import ray
+        o = self.o
+        res = ray.cluster_resources()
+        n = int(res.get("CPU", 1.0) // o.cpus_per_trial)
+        if o.gpus_per_trial:
+            n = min(n, int(res.get("GPU", 0.0) // o.gpus_per_trial))
+        return max(1, min(n, o.max_concurrent) if o.max_concurrent else n)
 
     def _can_restore(self, path: str) -> bool:
         from ray import tune
@@ -607,7 +667,8 @@ class _Sweep:
                                if d.type != "fixed"]
         else:
             tuner = self.build_tuner(name, stage, configs)
-        rg = tuner.fit()
+        with pending_trials(self.slots()), plain_trial_actors(getattr(self, "_own_ray", False)):
+            rg = tuner.fit()
         trials = rg._experiment_analysis.trials
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
         expected = len(configs) if configs is not None else (

@@ -1,0 +1,109 @@
+"""What the sweep driver does for throughput (issue 13, item 3), without Ray processes: the lazy
+model registry, Tune staging one trial per slot at once, trial actors that can take the local
+Ray's prestarted workers. The speed itself is measured in benchmarks/ (sweep_throughput)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_registry_imports_only_the_model_asked_for():
+    code = ("import json, sys\n"
+            "from merc.models import get_entry, model_names\n"
+            "get_entry('multidag')\n"
+            "mods = sorted(m for m in sys.modules if m.startswith('merc.models.') and\n"
+            "              m not in ('merc.models.base',))\n"
+            "pyg = 'torch_geometric' in sys.modules\n"
+            "print(json.dumps([mods, pyg, model_names()]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    mods, pyg, names = json.loads(out.strip().splitlines()[-1])
+    assert mods == ["merc.models.multidag"]
+    assert pyg is False                     # multidag does not use PyG
+    assert names == sorted(["corect", "dialoguegcn", "biddin", "mmgcn", "mmdfn", "multidag",
+                            "ada2i", "micga"])
+
+
+def test_unknown_model_names_every_registered_one():
+    from merc.models import get_entry
+    with pytest.raises(KeyError) as err:
+        get_entry("nope")
+    for name in ("corect", "mmgcn", "micga", "multidag"):
+        assert name in str(err.value)
+
+
+def test_every_built_in_model_module_registers_its_name():
+    import importlib
+
+    from merc.models import MODULES
+    from merc.models.base import REGISTRY
+    for name, mod in MODULES.items():
+        importlib.import_module(mod)
+        assert name in REGISTRY, (name, mod)
+
+
+def test_pending_trials_is_scoped_and_leaves_a_user_setting(monkeypatch):
+    from merc.sweep.runner import pending_trials
+    key = "TUNE_MAX_PENDING_TRIALS_PG"
+    monkeypatch.delenv(key, raising=False)
+    with pending_trials(2):
+        assert os.environ[key] == "2"
+    assert key not in os.environ
+    monkeypatch.setenv(key, "7")
+    with pending_trials(2):
+        assert os.environ[key] == "7"
+    assert os.environ[key] == "7"
+
+
+def test_tune_reads_the_pending_limit_for_our_searchers(monkeypatch):
+    """Without it Tune stages one trial at a time for any custom searcher (Ray 2.60)."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+    from ray.tune.search.search_generator import SearchGenerator
+
+    from merc.sweep.optuna_glue import GridSearcher
+    from merc.sweep.runner import pending_trials
+    monkeypatch.delenv("TUNE_MAX_PENDING_TRIALS_PG", raising=False)
+    alg = SearchGenerator(GridSearcher([{"a": 1}, {"a": 2}], "val_wf1", "max"))
+    assert _get_max_pending_trials(alg) == 1
+    with pending_trials(3):
+        assert _get_max_pending_trials(alg) == 3
+
+
+def test_slots(monkeypatch):
+    import ray
+
+    from merc.sweep.runner import _Sweep, options_from
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 1.0})
+
+    def slots(**kw):
+        return _Sweep(options_from(spec="x.yaml", **kw)).slots()
+    assert slots() == 8
+    assert slots(cpus_per_trial=3) == 2
+    assert slots(cpus_per_trial=0.5, gpus_per_trial=0.25) == 4
+    assert slots(max_concurrent=3) == 3
+    assert slots(cpus_per_trial=16) == 1
+
+
+def test_plain_trial_actors(monkeypatch):
+    """Tune's trial actors get no runtime_env while the sweep's own local Ray runs them (the
+    variable it would set is exported to the workers instead); the default is restored after,
+    and kept when Tune has something else to pass or the Ray is not the sweep's."""
+    from ray.tune.execution import class_cache
+
+    from merc.sweep.runner import plain_trial_actors
+    for v in class_cache.ENV_VARS_TO_PROPAGATE:
+        monkeypatch.delenv(v, raising=False)
+    before = dict(class_cache.DEFAULT_ENV_VARS)
+    assert before == {"PL_DISABLE_FORK": "1"}   # what start_ray exports (Ray 2.60)
+    with plain_trial_actors(True):
+        assert class_cache.DEFAULT_ENV_VARS == {}
+    assert class_cache.DEFAULT_ENV_VARS == before
+    with plain_trial_actors(False):
+        assert class_cache.DEFAULT_ENV_VARS == before
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    with plain_trial_actors(True):
+        assert class_cache.DEFAULT_ENV_VARS == before
