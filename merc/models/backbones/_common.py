@@ -9,8 +9,9 @@ bidirectional GRU / LSTM, a Transformer after a projection, or a linear map), GC
 ``variant``), and batch-level graph
 builders cached on the dialogue lengths (and speakers where relations depend on them), built from
 :mod:`merc.graphs` so that no backbone carries a fixed maximum dialogue length. For the backbones'
-``kernels="fused"`` paths: the packed encoder (:meth:`InputWidthTransformer.forward_packed`), the
-adjacency on packed nodes (:class:`PackedAdjacency`) and a cheaper dropout (:func:`dropout`).
+``kernels="fused"`` paths: the packed encoder (:meth:`InputWidthTransformer.forward_packed`, its CPU
+kernels in :mod:`merc.models.backbones._fused`), the adjacency on packed nodes
+(:class:`PackedAdjacency`) and a cheaper dropout (:func:`dropout`).
 
 Why here: the backbones differ in their context / graph mechanism only; the fusion and the
 encoders are common, and caching the graphs once per batch shape keeps CPU training fast.
@@ -26,10 +27,10 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merc.graphs import corect_graph, window_edges
+from merc.models.backbones._fused import encoder_packed, linear
 from merc.models.base import Output
 # re-exported for the backbones: one dropout and one bf16 context for every fused path
-from merc.models.corect_fused import (Packing, bf16_autocast, dropout,  # noqa: F401
-                                      text_encoder_packed)
+from merc.models.corect_fused import Packing, bf16_autocast, dropout  # noqa: F401
 
 EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
 #: how the same network is computed (not a hyperparameter), as CORECT's ``kernels`` key:
@@ -133,10 +134,9 @@ class InputWidthTransformer(nn.Module):
 
     def forward_packed(self, x: torch.Tensor, pk: Packing, mask: torch.Tensor) -> torch.Tensor:
         """``forward(...)[mask]`` from the packed real rows [U, d] (``kernels="fused"``): the
-        position-wise layers run on the U real utterances only, attention per dialogue through one
-        masked batched product, through the oneDNN linear / FFN kernels of
-        :mod:`merc.models.backbones._fused` on CPU fp32 (:func:`~._fused.encoder_packed`)."""
-        from merc.models.backbones._fused import encoder_packed, linear
+        position-wise layers run on the U real utterances only, each dialogue's attention on its
+        own rows, on CPU fp32 through the oneDNN linear / FFN kernels
+        (:func:`merc.models.backbones._fused.encoder_packed`)."""
         return linear(encoder_packed(self.tf, x, pk, mask), self.lin_out.weight, self.lin_out.bias)
 
 

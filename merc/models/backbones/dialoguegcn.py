@@ -28,12 +28,13 @@ padded rows); ``EdgeAtt``'s ``Linear``-free score has no 110-utterance buffer (t
 ``alpha`` is ``zeros(mx_len, 110)``, so longer dialogues crash); the graph is built vectorised
 for the whole batch (same edges, same types).
 
-Speed: the ``SeqContext`` encoders are ~75% of a step (their matmuls; the graph part is small).
+Speed: the ``SeqContext`` encoders are ~80% of a step (their matmuls; the graph part is small).
 ``kernels="fused"`` (default) runs them packed, as MMGCN's (position-wise layers on the real
-utterances only, attention per dialogue in one masked SDPA), equal to ``kernels="modules"`` to 1e-5
-on logits and gradients (``tests/test_backbones_fused.py``; dropouts: same distribution, not the
-same random stream). ``autocast_bf16`` (opt-in): the encoders' matmuls in bf16, the rest fp32.
-Both keys act on ``encoder="released"`` only.
+utterances only, attention of each dialogue on its own rows; on CPU fp32 the linears, the FFN and
+their backward passes through oneDNN, :mod:`merc.models.backbones._fused`), equal to
+``kernels="modules"`` to 1e-5 on logits and gradients (``tests/test_backbones_fused.py``;
+dropouts: same distribution, not the same random stream). ``autocast_bf16`` (opt-in): the encoders'
+matmuls in bf16, the rest fp32. Both keys act on ``encoder="released"`` only.
 
 ``encoder="light"`` keeps the lighter structure this project used before: ``context_encoder``
 (``gru``: the paper's bidirectional GRU, default; ``transformer``: Linear then one Transformer layer
