@@ -196,6 +196,27 @@ def section(results: list[dict], desc: str) -> dict:
     }
 
 
+def history_row(sec: dict, label: str, commit: str) -> list[str]:
+    """One line of the speed history: per backbone the default's speed-up (and bf16's)."""
+    r = {x["backbone"]: x for x in sec.get("side_by_side", [])}
+    cells = []
+    for n in BACKBONES:
+        sp = r[n]["speedup_vs_official_cpu"] if n in r else None
+        if not sp:
+            cells.append("-")
+            continue
+        bf = sp.get("ours fused+bf16", {}).get("median")
+        cells.append(f"{sp[r[n]['default']]['median']:.2f}x" + (f" / {bf:.2f}x" if bf else ""))
+    when = min((x.get("measured", "") for x in r.values()), default="")
+    return [label, f"`{commit[:7]}`", when] + cells
+
+
+def history_table(rows: list[list[str]]) -> dict:
+    return {"title": "Speed history: CPU-s speed-up vs the official-shaped step, default fp32 / "
+                     "fused+bf16 (each row one side-by-side run; compare rows only as ratios)",
+            "columns": ["run", "commit", "measured", *BACKBONES], "rows": rows}
+
+
 # ---- quality -----------------------------------------------------------------------------------
 
 def quality_data(preset: str) -> Path:
@@ -301,6 +322,7 @@ def main(argv=None) -> int:
     p.add_argument("--q-preset", default="small")
     p.add_argument("--q-epochs", type=int, default=8)
     p.add_argument("--out", default=str(RESULTS_DIR))
+    p.add_argument("--label", help="speed: this run's name in the history table (e.g. 'session 4')")
     a = p.parse_args(argv)
     only = a.only.split(",") if a.only else None
     log = lambda s: print(s, flush=True)   # noqa: E731
@@ -309,6 +331,7 @@ def main(argv=None) -> int:
     doc = json.loads(path.read_text()) if path.is_file() else None
     if doc is None or doc.get("schema") != SCHEMA:
         doc = {"schema": SCHEMA, "benchmarks": {}}
+    old_commit = (doc.get("environment") or {}).get("git", {}).get("commit")   # previous run's
     doc |= {"command": "python -m benchmarks.bench_backbones " + " ".join(sys.argv[1:] if argv is None else argv),
             "quick": a.quick, "only": only, "started": now(), "environment": environment(),
             "load_average": {"start": load_average(), "end": None}}
@@ -322,10 +345,20 @@ def main(argv=None) -> int:
     if a.what in ("speed", "both"):
         ctx = Context(quick=a.quick, out_dir=out, log=log)
         b0 = time.time()
-        prev = doc["benchmarks"].get("backbones", {}).get("side_by_side", [])
+        old = doc["benchmarks"].get("backbones", {})
+        prev = old.get("side_by_side", [])
         sec = run(ctx, a.epochs, a.batches, only, prev if only and not a.quick else None)
         sec["duration_s"] = time.time() - b0
         sec["command"] = doc["command"]
+        # the history: earlier runs' rows, the replaced run's own row, this run's row
+        hist = list(old.get("history", []))
+        if prev and not old.get("history_row_added"):
+            hist.append(history_row(old, old.get("label") or "earlier run",
+                                    old.get("commit") or old_commit or "unknown"))
+        sec["label"], sec["commit"] = a.label, doc["environment"]["git"]["commit"]
+        sec["history"] = hist + [history_row(sec, a.label or "this run", sec["commit"])]
+        sec["history_row_added"] = True
+        sec["tables"].append(history_table(sec["history"]))
         for r in sec["side_by_side"]:
             r.setdefault("command", doc["command"])
         doc["benchmarks"]["backbones"] = sec
