@@ -107,3 +107,42 @@ def test_plain_trial_actors(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     with plain_trial_actors(True):
         assert class_cache.DEFAULT_ENV_VARS == before
+
+
+def test_release_ray_stops_only_the_sweeps_own_ray_in_a_thread(monkeypatch):
+    """After the last trials the sweep's own Ray stops in a (non-daemon) thread while the driver
+    writes its tables; a Ray the sweep found running, or none, is left alone; the next sweep's
+    start waits for that thread."""
+    import threading
+
+    import ray
+
+    from merc.sweep import runner
+    calls = []
+    gate = threading.Event()
+
+    def shutdown():
+        calls.append(threading.current_thread().name)
+        gate.wait(5)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    sweep = runner._Sweep(runner.options_from(spec="x.yaml"))
+    sweep.release_ray()                          # not started by this sweep
+    sweep._own_ray, sweep._ray_was_up = True, True
+    sweep.release_ray()                          # found running
+    assert calls == [] and not runner._STOPPING
+    sweep._ray_was_up = False
+    sweep.release_ray()
+    (t,) = runner._STOPPING
+    assert not t.daemon
+    sweep.release_ray()                          # once
+    assert len(runner._STOPPING) == 1
+    nxt = runner._Sweep(runner.options_from(spec="x.yaml"))
+    starter = threading.Thread(target=nxt.start_ray)
+    starter.start()
+    starter.join(0.3)
+    assert starter.is_alive()                    # waits for the previous Ray to stop
+    gate.set()
+    starter.join(5)
+    assert not starter.is_alive() and not runner._STOPPING
+    assert calls == ["merc-ray-stop"]

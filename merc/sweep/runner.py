@@ -44,6 +44,7 @@ log = logging.getLogger("merc.sweep")
 os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
 
 EXIT_OK, EXIT_FAILED, EXIT_SPEC, EXIT_TRACKING, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_STOPPING: list = []   # threads stopping a finished sweep's Ray (_Sweep.release_ray)
 
 
 @dataclass
@@ -506,8 +507,31 @@ class _Sweep:
         if self._ray_error is not None:
             raise self._ray_error
 
+    def release_ray(self) -> None:
+        """After the sweep's last trials: stop the local Ray this sweep started, in a thread,
+        while the driver writes the tables, plots and the parent run (``ray.shutdown`` otherwise
+        runs at exit, after them). The thread is not a daemon: the process, ``exit_process``
+        included, waits for it; a later sweep in this process waits for it before its Ray."""
+        if not getattr(self, "_own_ray", False) or getattr(self, "_ray_was_up", False):
+            return
+        import threading
+
+        import ray
+
+        def stop() -> None:
+            try:
+                ray.shutdown()
+            except Exception as err:  # noqa: BLE001 - Ray's own exit handler tries again
+                log.warning("ray.shutdown after the trials: %s", err)
+        self._own_ray = False
+        t = threading.Thread(target=stop, name="merc-ray-stop")
+        _STOPPING.append(t)
+        t.start()
+
     def start_ray(self) -> None:
         import ray
+        while _STOPPING:          # a previous sweep's Ray, still stopping (release_ray)
+            _STOPPING.pop().join()
         if ray.is_initialized():
             return
         if self.o.address:
@@ -873,12 +897,17 @@ class _Sweep:
             self.p(f"[merc] sweep interrupted; resume with the same arguments plus: {resume_cmd}")
             outcome.exit_code = EXIT_INTERRUPTED
             return outcome
+        confirming = not self.study and bool(
+            (o.confirm_top or self.spec.search.confirm.get("top_k")) and
+            (o.confirm_top or o.confirm_seeds))
+        if not confirming:
+            self.release_ray()
         out = Path(tempfile.mkdtemp(prefix="merc-sweep-"))
         md = self.finish_study(out) if self.study else self.finish_search(out)
         champion = None
-        if not self.study and (o.confirm_top or self.spec.search.confirm.get("top_k")) and \
-                (o.confirm_top or o.confirm_seeds):
+        if confirming:
             text, champion = self.confirm(out)
+            self.release_ray()
             if text == "interrupted":
                 self.p(f"[merc] confirmation interrupted; resume with: {resume_cmd}")
                 outcome.exit_code = EXIT_INTERRUPTED
