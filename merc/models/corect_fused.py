@@ -6,10 +6,12 @@ parameters, so outputs on real utterances agree to float rounding (``tests/test_
 logits and gradients to 1e-5):
 
 * **Packing.** Every position-wise op (linear layers, layer norms, dropouts, the FFNs) runs on the
-  ``U`` real utterances ``[U, d]`` instead of the padded ``[B, N, d]``; only attention scores are
-  formed per dialogue, on a padded view, through one fused ``F.scaled_dot_product_attention`` with
-  the key mask. Padded positions were never attended to (key mask) and never read, so dropping them
-  changes nothing on real positions. This is the text Transformer (eq. 1) and P-CM (eqs. 11-13).
+  ``U`` real utterances ``[U, d]`` instead of the padded ``[B, N, d]``. In training each dialogue's
+  attention runs on its own rows (:func:`dialogue_attention`: no padded products, which are ~56%
+  of the padded work on IEMOCAP batches of 10, and a written-out backward); without gradients one
+  padded product with the key mask (:func:`padded_attention`). Padded positions were never
+  attended to (key mask) and never read, so dropping them changes nothing on real positions. This
+  is the text Transformer (eq. 1) and P-CM (eqs. 11-13).
 * **Banded RGCN** (eq. 7). CORECT's graph is, per modality, a band ``lo <= j - i <= hi`` inside each
   dialogue (the past / future / self relations of eq. 6) plus the same utterance's other modalities
   (eq. 5). The per-relation mean over a band is a row-normalised band matrix times the padded
@@ -22,13 +24,14 @@ logits and gradients to 1e-5):
   exactly PyG ``TransformerConv``'s softmax over the incoming edges, without materialising the
   ``[E, heads, C]`` query / key / value gathers (90 MB per IEMOCAP batch, the old hot spot).
 * **Grouped P-CM.** The six pair encoders' layer i (and the M memory encoders' layer i) run as one
-  layer over a group axis: batched matmuls with the stacked weights, one SDPA over group x heads.
+  layer over a group axis: batched matmuls with the stacked weights, attention over group x heads.
 
-Two changes of the random stream (not of the distribution) in training: dropout draws one uniform
-per element (:func:`dropout`; ATen's CPU ``bernoulli_`` was ~9% of a bf16 step), and attention with
-dropout is SDPA's math path written out. At a negligible rate both reduce to the module path
-(tested). Under ``autocast_bf16`` the attention matmuls run in bf16 with fp32 logits and softmax
-(the usual mixed precision); the fp32 default is unchanged.
+Changes of the random stream (not of the distribution) in training: dropout compares 8 or 16
+random bits per element with a threshold (:func:`keep_mask`; ATen's CPU ``bernoulli_`` was ~9% of
+a bf16 step), also on the attention probabilities. At a negligible rate the fused path reduces to
+the module path (tested). Under ``autocast_bf16`` the linear layers and the Graph Transformer's
+products run in bf16, attention (logits, softmax, products) in fp32; the fp32 default is unchanged.
+Every backward avoids per-index selects (``x[k]``), whose gradient zero-fills the whole tensor.
 
 Why: on CPU the padded positions cost ~37% of the text Transformer and P-CM work on IEMOCAP batches
 of 10, the per-edge gathers of the Graph Transformer were memory-bound, and P-CM was ~70 small ops
@@ -135,33 +138,30 @@ def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, he
 
 def padded_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
                      dropout_p: float) -> torch.Tensor:
-    """:func:`grouped_attention` on the padded view: without dropout one fused SDPA over all
-    G x heads; with dropout SDPA's own math path written out, so that the probabilities go
-    through :func:`dropout` instead of ``bernoulli_``."""
+    """:func:`grouped_attention` on the padded view, in fp32 (also under ``autocast_bf16``, as
+    :func:`dialogue_attention`): without dropout one fused SDPA over all G x heads; with dropout
+    SDPA's math path written out, so that the probabilities go through :func:`dropout`."""
     G, U, d3 = qkv.shape
     d, B, N = d3 // 3, pk.B, pk.N
-    lowp = torch.is_autocast_enabled(qkv.device.type)       # autocast_bf16: bf16 matmuls
-    # [G, 3, heads, B, N, d_h]: heads lead the dialogue axis (SDPA's batch and head axes swapped,
-    # the same computation), so q, k, v come out of the padding contiguous
-    x = qkv if lowp else qkv.float()
-    x = pk.pad(x.view(G, U, 3, heads, d // heads).permute(0, 2, 3, 1, 4), lead=3)
-    # unbind, not x[:, i]: each select's backward would zero-fill the whole padded qkv
-    q, k, v = (t.reshape(G * heads, B, N, d // heads) for t in x.unbind(1))
+    dh = d // heads
+    # [3, G, heads, B, N, d_h]: q, k, v and heads ahead of the dialogue axis (SDPA's batch and head
+    # axes swapped, the same computation), so q, k, v come out of the padding contiguous
+    x = pk.pad(qkv.float().view(G, U, 3, heads, dh).permute(2, 0, 3, 1, 4), lead=3)
+    # unbind, not x[i]: each select's backward would zero-fill the whole padded qkv
+    q, k, v = (t.reshape(G * heads, B, N, dh) for t in x.unbind(0))
     mask = key_mask[:, None, :, None, :].expand(G, heads, B, 1, N).reshape(G * heads, B, 1, N)
-    if dropout_p > 0.0 or lowp:
-        # SDPA's math path written out: under autocast the two matmuls run in bf16 and the softmax
-        # in fp32 (the usual mixed precision; the CPU's fused bf16 SDPA backward is 2-3x slower),
-        # and the probabilities go through :func:`dropout` instead of ``bernoulli_``
-        # one baddbmm gives the scaled, masked logits (additive -inf bias) in a single pass
-        R, dh = G * heads * B, d // heads
-        bias = torch.zeros(mask.shape, device=x.device).masked_fill_(~mask, float("-inf"))
-        s = torch.baddbmm(bias.reshape(R, 1, N), q.reshape(R, N, dh),
-                          k.reshape(R, N, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh))
-        a = torch.softmax(s, dim=-1, dtype=torch.float32)
-        o = (dropout(a, dropout_p, dropout_p > 0.0) @ v.reshape(R, N, dh)).view(G * heads, B, N, dh)
-    else:
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    o = pk.unpad(o.view(G, heads, B, N, d // heads), lead=2)            # [G, heads, U, d_h]
+    with torch.autocast(qkv.device.type, enabled=False):
+        if dropout_p > 0.0:
+            # one baddbmm gives the scaled, masked logits (additive -inf bias) in a single pass
+            R = G * heads * B
+            bias = torch.zeros(mask.shape, device=x.device).masked_fill_(~mask, float("-inf"))
+            s = torch.baddbmm(bias.reshape(R, 1, N), q.reshape(R, N, dh),
+                              k.reshape(R, N, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh))
+            a = dropout(torch.softmax(s, dim=-1), dropout_p, True)
+            o = (a @ v.reshape(R, N, dh)).view(G * heads, B, N, dh)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    o = pk.unpad(o.view(G, heads, B, N, dh), lead=2)                  # [G, heads, U, d_h]
     return o.transpose(1, 2).reshape(G, U, d)
 
 
