@@ -128,10 +128,10 @@ def packed_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, hea
 def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
                       dropout_p: float) -> torch.Tensor:
     """:func:`packed_attention` for G independent attention modules at once: ``qkv`` [G, U, 3d],
-    ``key_mask`` [G, B, N]; returns [G, U, d]. In training (a gradient is needed) each dialogue on
-    its own rows (:func:`dialogue_attention`), otherwise one padded product
-    (:func:`padded_attention`)."""
-    if torch.is_grad_enabled() and qkv.requires_grad:
+    ``key_mask`` [G, B, N]; returns [G, U, d]. In training on CPU (a gradient is needed) each
+    dialogue on its own rows (:func:`dialogue_attention`); otherwise (and on GPUs, where a loop
+    over dialogues would be kernel launches) one padded product (:func:`padded_attention`)."""
+    if qkv.device.type == "cpu" and torch.is_grad_enabled() and qkv.requires_grad:
         return dialogue_attention(qkv, pk, key_mask, heads, dropout_p)
     return padded_attention(qkv, pk, key_mask, heads, dropout_p)
 
