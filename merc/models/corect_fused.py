@@ -179,7 +179,10 @@ class _DialogueAttention(torch.autograd.Function):
         scale = 1.0 / math.sqrt(dh)
         x = qkv.float().view(G, U, 3, H, dh)
         out = x.new_empty(G, U, H, dh)
-        saved, o = [], 0
+        saved, o, used = [], 0, 0
+        # one dropout draw for every dialogue's probabilities
+        keep_all = keep_mask((G * H * sum(n * n for n in sizes),), p, x.device) if p > 0.0 \
+            else None
         with torch.autocast(qkv.device.type, enabled=False):
             for n in sizes:
                 q, k, v = _dialogue_operands(x, o, n)
@@ -192,8 +195,10 @@ class _DialogueAttention(torch.autograd.Function):
                     s = torch.baddbmm(bias.expand(G, H, n, n).reshape(G * H, n, n), q,
                                       k.transpose(1, 2), alpha=scale)
                 a = torch.softmax(s, dim=-1)
-                keep = keep_mask(a.shape, p, a.device) if p > 0.0 else None
-                ad = a * keep if keep is not None else a
+                keep, ad = None, a
+                if keep_all is not None:
+                    keep = keep_all[used:used + G * H * n * n].view(G * H, n, n)
+                    ad, used = a * keep, used + G * H * n * n
                 out[:, o:o + n].copy_(torch.bmm(ad, v).view(G, H, n, dh).transpose(1, 2))
                 saved += [a, keep, ad]
                 o += n
