@@ -31,7 +31,8 @@ for the whole batch (same edges, same types).
 Speed: the ``SeqContext`` encoders are ~80% of a step (their matmuls; the graph part is small).
 ``kernels="fused"`` (default) runs them packed, as MMGCN's (position-wise layers on the real
 utterances only, attention of each dialogue on its own rows; on CPU fp32 the linears, the FFN and
-their backward passes through oneDNN, :mod:`merc.models.backbones._fused`), equal to
+their backward passes through oneDNN, :mod:`merc.models.backbones._fused`), and the RGCN with
+only the 2S relations each source can send through (:func:`rgcn_by_source_speaker`), equal to
 ``kernels="modules"`` to 1e-5 on logits and gradients (``tests/test_backbones_fused.py``;
 dropouts: same distribution, not the same random stream). ``autocast_bf16`` (opt-in): the encoders'
 matmuls in bf16, the rest fp32. Both keys act on ``encoder="released"`` only.
@@ -122,6 +123,46 @@ class AttentiveRGCNConv(RGCNConv):
         return out + self.bias if self.bias is not None else out
 
 
+class SpeakerRGCNPlan:
+    """Index plan of :func:`rgcn_by_source_speaker` for one batch (shared by the modalities).
+
+    DialogueGCN's relation of an edge j -> i is ``r = 2 (S s_j + s_i) + a`` (a = [j >= i]), so a
+    source utterance j only ever sends through the 2S relations of its own speaker s_j: ``x_j W_r``
+    is needed for those 2S relations only, not all 2 S^2 (half the products at S = 2)."""
+
+    def __init__(self, edge_index: torch.Tensor, edge_type: torch.Tensor, spk: torch.Tensor,
+                 num_speakers: int):
+        S, U = num_speakers, spk.shape[0]
+        src, dst = edge_index
+        self.S, self.dst = S, dst
+        self.perm = torch.argsort(spk, stable=True)                # nodes grouped by speaker
+        self.sizes = torch.bincount(spk, minlength=S).tolist()
+        pos = torch.empty_like(self.perm)
+        pos[self.perm] = torch.arange(U, device=spk.device)
+        # message of edge e: row pos[src] (grouped order), block 2 s_dst + a of its 2S outputs
+        self.gather = pos[src] * (2 * S) + 2 * spk[dst] + (src >= dst).long()
+        slot = dst * (2 * S * S) + edge_type                       # PyG's mean per (i, r)
+        cnt = torch.bincount(slot, minlength=U * 2 * S * S)
+        self.coef = 1.0 / cnt[slot].to(torch.float32)
+
+
+def rgcn_by_source_speaker(conv: RGCNConv, x: torch.Tensor, plan: SpeakerRGCNPlan
+                           ) -> torch.Tensor:
+    """PyG ``RGCNConv`` (basis decomposition, ``aggr="mean"``, root weight; DialogueGCN Eq. (2))
+    on DialogueGCN's speaker relations, ``kernels="fused"``: per source speaker s one product
+    ``x_s [W_(s,0,0) .. W_(s,S-1,1)]``, each edge's message gathered from its source's block and
+    scaled by 1 / |N_r(i)|, summed per receiver, plus ``x W_root + b``."""
+    S, (U, d) = plan.S, x.shape
+    w = conv.weight if conv.num_bases is None else conv.comp @ conv.weight.view(conv.num_bases, -1)
+    w = w.view(S, 2 * S, d, -1).permute(0, 2, 1, 3).reshape(S, d, -1)   # [s, d, (t, a) x out]
+    xs = x.index_select(0, plan.perm).split(plan.sizes)
+    y = torch.cat([xs[s] @ w[s] for s in range(S)]).view(U * 2 * S, -1)
+    msg = y.index_select(0, plan.gather) * plan.coef[:, None].to(x.dtype)
+    out = torch.zeros(U, y.shape[1], dtype=x.dtype, device=x.device).index_add(0, plan.dst, msg)
+    out = out + x @ conv.root
+    return out + conv.bias if conv.bias is not None else out
+
+
 class ReleasedBranch(nn.Module):
     """One modality's DialogueGCN as the SPCL copy (module docstring, steps 1-6)."""
 
@@ -139,8 +180,8 @@ class ReleasedBranch(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, batch: Batch, edge_index: torch.Tensor,
-                edge_type: torch.Tensor, pk: Packing | None = None, bf16: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                edge_type: torch.Tensor, pk: Packing | None = None, bf16: bool = False,
+                plan: SpeakerRGCNPlan | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         with bf16_autocast(x.device, bf16):
             if pk is not None:                                      # kernels="fused"
                 g = self.encoder.forward_packed(pk.unpad(x), pk, batch.mask)
@@ -151,7 +192,10 @@ class ReleasedBranch(nn.Module):
         # Eq. (1) as released: score_jk = (W g_k)^T g_j, softmax over the targets k of source j
         score = ((g @ self.edge_att.T)[dst] * g[src]).sum(-1)       # W g_k once per node
         alpha = softmax(score, src, num_nodes=g.shape[0])
-        h = self.rgcn(g, edge_index, edge_type)                     # Eq. (2), mean aggregation
+        if plan is None:                                            # Eq. (2), mean aggregation
+            h = self.rgcn(g, edge_index, edge_type)
+        else:                                                       # kernels="fused"
+            h = rgcn_by_source_speaker(self.rgcn, g, plan)
         h = self.gconv(h, edge_index, alpha)                        # Eq. (3), attention weights
         v = self.drop(torch.relu(self.lin1(torch.cat([g, h], -1))))  # Eq. (4)
         return self.lin2(v), v                                      # Eq. (5) logits, [U, C]
@@ -215,13 +259,15 @@ class DialogueGCN(MercModel):
             past, future = future, past
         edge_index = cached_window_edges(batch.lengths, past, future, mask.device)
         num_spk = self.branches[self.modalities[0]].num_speakers
-        edge_type = speaker_relation_types(edge_index, batch.speakers[mask].clamp(0, num_spk - 1),
-                                           num_spk)
+        spk = batch.speakers[mask].clamp(0, num_spk - 1)
+        edge_type = speaker_relation_types(edge_index, spk, num_spk)
         z, feats = {}, {}
         extra = {}
         if cfg.encoder == "released":
-            extra = {"pk": Packing(mask) if cfg.kernels == "fused" else None,
-                     "bf16": cfg.autocast_bf16}
+            fused = cfg.kernels == "fused"
+            extra = {"pk": Packing(mask) if fused else None, "bf16": cfg.autocast_bf16,
+                     "plan": SpeakerRGCNPlan(edge_index, edge_type, spk, num_spk) if fused
+                     else None}
         for m in self.modalities:
             logit, v = self.branches[m](batch.features[m], batch, edge_index, edge_type, **extra)
             z[m], feats[f"features_{m}"] = to_padded(logit, mask), to_padded(v, mask)  # Eq. (1)
