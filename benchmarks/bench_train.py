@@ -176,7 +176,9 @@ def corect_components(root: Path, n_batches: int, reps: int = 2) -> dict:
     from merc.data.dataset import MercData
     from merc.graphs import corect_graph
     from merc.models import build_model
-    from merc.models.corect_fused import Bands, Packing, gt_banded, rgcn_banded, text_encoder_packed
+    from merc.models.corect_fused import Bands, gt_banded, rgcn_banded
+    from merc.models.kernels import linear
+    from merc.models.packed import Packing, encoder_packed
     from merc.train import resolve_config
     torch.set_num_threads(1)
     data = MercData(root)
@@ -195,8 +197,8 @@ def corect_components(root: Path, n_batches: int, reps: int = 2) -> dict:
 
     def text_fused(b):
         pk = Packing(b.mask)
-        enc["out"](text_encoder_packed(enc["transformer"], pk.unpad(b.features["text"]), pk,
-                                       b.mask)).sum().backward()
+        y = encoder_packed(enc["transformer"], pk.unpad(b.features["text"]), pk, b.mask)
+        linear(y, enc["out"].weight, enc["out"].bias).sum().backward()
 
     def graph_mod(b):
         U = int(b.lengths.sum())

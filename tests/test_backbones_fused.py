@@ -241,7 +241,7 @@ def test_dialogue_attention_equals_padded(heads, p):
     for a, b in zip(want, got):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     if not p:
-        from merc.models.corect_fused import Packing, packed_attention
+        from merc.models.packed import Packing, packed_attention
         mask = torch.arange(max(sizes))[None] < torch.tensor(sizes)[:, None]
         with torch.no_grad():
             padded = packed_attention(qkv, Packing(mask), mask, heads, 0.0)

@@ -271,7 +271,7 @@ def test_fused_dropout_paths_reduce_to_modules_at_negligible_rate(tiny):
 
 
 def test_fused_dropout_has_dropouts_distribution():
-    from merc.models.corect_fused import dropout
+    from merc.models.kernels import dropout
     torch.manual_seed(0)
     x = torch.ones(1000, 1000, requires_grad=True)
     for p in (0.1, 0.5):
@@ -306,7 +306,7 @@ def test_bf16_attention_close_to_fp32(tiny):
 def test_dialogue_attention_equals_padded(G, d, heads, partial):
     """Training attention per dialogue (no padding) = the padded masked product: outputs and the
     gradient of qkv, with and without keys masked out (missing modalities)."""
-    from merc.models.corect_fused import Packing, dialogue_attention, padded_attention
+    from merc.models.packed import Packing, dialogue_attention, padded_attention
     torch.manual_seed(0)
     lengths = torch.tensor([5, 1, 9, 3])
     mask = torch.arange(9)[None] < lengths[:, None]

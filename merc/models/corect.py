@@ -62,8 +62,9 @@ from merc.config import ModelConfig
 from merc.data.dataset import Batch, DatasetMeta
 from merc.graphs import corect_graph, num_relations
 from merc.models.base import MercModel, Output, register_model
-from merc.models.corect_fused import (Bands, Packing, bf16_autocast, grouped_cross_modal,
-                                      gt_banded, rgcn_banded, text_encoder_packed)
+from merc.models.corect_fused import Bands, grouped_cross_modal, gt_banded, rgcn_banded
+from merc.models.kernels import bf16_autocast, linear
+from merc.models.packed import Packing, encoder_packed
 
 
 class CorectConfig(ModelConfig):
@@ -339,7 +340,8 @@ class Corect(MercModel):
             x = pk.unpad(batch.features[m])                      # [U, d_m]
             enc = self.encoders[m]
             if m == "text":                                      # Eq. (1)
-                x = enc["out"](text_encoder_packed(enc["transformer"], x, pk, km))
+                x = linear(encoder_packed(enc["transformer"], x, pk, km), enc["out"].weight,
+                           enc["out"].bias)
             else:
                 x = enc(x)                                       # Eq. (2)
             xs.append(x if spk is None else x + spk)

@@ -10,7 +10,7 @@ bidirectional GRU / LSTM, a Transformer after a projection, or a linear map), GC
 builders cached on the dialogue lengths (and speakers where relations depend on them), built from
 :mod:`merc.graphs` so that no backbone carries a fixed maximum dialogue length. For the backbones'
 ``kernels="fused"`` paths: the packed encoder (:meth:`InputWidthTransformer.forward_packed`, its CPU
-kernels in :mod:`merc.models.backbones._fused`), the adjacency on packed nodes
+kernels in :mod:`merc.models.packed`), the adjacency on packed nodes
 (:class:`PackedAdjacency`) and a cheaper dropout (:func:`dropout`).
 
 Why here: the backbones differ in their context / graph mechanism only; the fusion and the
@@ -27,10 +27,10 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from merc.graphs import corect_graph, window_edges
-from merc.models.backbones._fused import encoder_packed, linear
 from merc.models.base import Output
 # re-exported for the backbones: one dropout and one bf16 context for every fused path
-from merc.models.corect_fused import Packing, bf16_autocast, dropout  # noqa: F401
+from merc.models.kernels import bf16_autocast, dropout, linear  # noqa: F401
+from merc.models.packed import Packing, encoder_packed
 
 EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
 #: how the same network is computed (not a hyperparameter), as CORECT's ``kernels`` key:
@@ -136,7 +136,7 @@ class InputWidthTransformer(nn.Module):
         """``forward(...)[mask]`` from the packed real rows [U, d] (``kernels="fused"``): the
         position-wise layers run on the U real utterances only, each dialogue's attention on its
         own rows, on CPU fp32 through the oneDNN linear / FFN kernels
-        (:func:`merc.models.backbones._fused.encoder_packed`)."""
+        (:func:`merc.models.packed.encoder_packed`)."""
         return linear(encoder_packed(self.tf, x, pk, mask), self.lin_out.weight, self.lin_out.bias)
 
 
