@@ -1,4 +1,8 @@
-"""CPU kernels of the backbones' packed input-width encoders (``kernels="fused"``): oneDNN linear
+"""NOT USED ANY MORE (lead, 10:30): the backbones and CORECT now take these kernels from
+:mod:`merc.models.kernels` (linear, ffn, keep_mask, dropout) and :mod:`merc.models.packed`
+(attention per dialogue, encoder_packed). Edit those; this file goes once its tests move.
+
+CPU kernels of the backbones' packed input-width encoders (``kernels="fused"``): oneDNN linear
 layers with hand-written backward passes, a fused FFN, and a cheaper dropout draw.
 
 What: the released SPCL encoders (:class:`merc.models.backbones._common.InputWidthTransformer`:
