@@ -564,6 +564,31 @@ def _trial_spans(sweep_dir: Path) -> list[dict]:
     return sorted(spans, key=lambda s: s["start"])
 
 
+def _slot_starts(sweep_dir: Path, mlflow_db: Path) -> list[float]:
+    """Each trial process's first trial start (epoch seconds, sorted): the MLflow child run's
+    start time (ms, set when Tune starts the trial) of the earliest trial per Ray worker pid
+    (result.json; the trial directory is named by the trial id). Empty when unreadable."""
+    import sqlite3
+    pid_of = {}
+    for f in sweep_dir.glob("*/result.json"):
+        for ln in open(f):
+            if ln.strip():
+                pid_of[f.parent.name] = json.loads(ln).get("pid")
+                break
+    try:
+        with sqlite3.connect(str(mlflow_db)) as db:
+            rows = db.execute("SELECT t.value, r.start_time FROM runs r JOIN tags t ON "
+                              "t.run_uuid = r.run_uuid AND t.key = 'ray.trial_id'").fetchall()
+    except sqlite3.Error:
+        return []
+    first: dict = {}
+    for tid, ms in rows:
+        pid = pid_of.get(tid)
+        if pid is not None and ms:
+            first[pid] = min(first.get(pid, ms / 1000), ms / 1000)
+    return sorted(first.values())
+
+
 def _timed_cli(out_json: str, script: str, argv: list[str]) -> None:
     """Subprocess side: run a sweep script's main under DriverTimers (runner steps only), write
     phases to JSON, and leave the process the way that code's ``sweeps/<model>.py`` does
@@ -622,6 +647,7 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
     ray_start = ph["phases"].get("runner.start_ray", 0.0)
     fit = ph["phases"].get("runner.run_stage", 0.0)
     first, last = min(s["start"] for s in spans), max(s["end"] for s in spans)
+    slot0 = _slot_starts(work / "ray_results" / "bench", work / "mlflow.db")
     _cleanup(work)
     shutil.rmtree(work / "ray_results", ignore_errors=True)
     return {"label": label, "merc": ph["merc"], "trials": len(spans), "wall_s": wall,
@@ -637,6 +663,9 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
             "phases_s": {k: round(v, 2) for k, v in ph["phases"].items()
                          if k.startswith("runner.")},
             "workers": len({s["pid"] for s in spans}),
+            # how long after the first slot the last slot's first trial started (Tune staged one
+            # trial at a time before session 4: an actor start-up)
+            "slot_stagger_s": slot0[-1] - slot0[0] if len(slot0) > 1 else None,
             "cpu_s": sum(cpu.values()), "cpu_s_per_trial": sum(cpu.values()) / len(spans),
             "trials_per_hour": 3600 * len(spans) / wall,
             "trials_per_cpu_hour": 3600 * len(spans) / max(sum(cpu.values()), 1e-9),
@@ -674,7 +703,9 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
              f"{r['target_s']:.1f}" + (" met" if r["met"] else ""),
              f"{r['before_fit_s']:.1f} / {r['after_last_trial_s']:.1f}",
              f"{r['fit_s']:.1f} (x{r['ratio_fit']:.2f})",
-             f"{r['trials_span_s']:.1f} (x{r['ratio_trials_span']:.2f})", f"{r['ray_start_s']:.1f}",
+             f"{r['trials_span_s']:.1f} (x{r['ratio_trials_span']:.2f})",
+             "-" if r.get("slot_stagger_s") is None else f"{r['slot_stagger_s']:.1f}",
+             f"{r['ray_start_s']:.1f}",
              r["workers"], f"{r['trials_per_hour']:.0f}", f"{r['cpu_s']:.0f}",
              f"{r['trials_per_cpu_hour']:.0f}", str(r["load_average"]["start"])] for r in runs]
     return {"description": "quick study + quick search on a local 2-CPU Ray, before/after",
@@ -685,7 +716,8 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
                         "columns": ["workload", "code", "trials", "wall s", "sum trial s",
                                     "target s", "start..first trial / last trial..exit s",
                                     "Tune fit s (x ideal)", "first start..last end "
-                                    "(x ideal)", "Ray start s", "worker procs", "trials/h",
+                                    "(x ideal)", "2nd slot's first trial after the 1st s",
+                                    "Ray start s", "worker procs", "trials/h",
                                     "CPU s", "trials/CPU-h", "load"], "rows": rows}],
             "load_average": {"start": la0, "end": load_average()}}
 
