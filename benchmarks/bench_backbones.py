@@ -196,9 +196,11 @@ def section(results: list[dict], desc: str) -> dict:
     }
 
 
-def history_row(sec: dict, label: str, commit: str) -> list[str]:
-    """One line of the speed history: per backbone the default's speed-up (and bf16's)."""
-    r = {x["backbone"]: x for x in sec.get("side_by_side", [])}
+def history_row(sec: dict, label: str, commit: str, only: list[str] | None = None) -> list[str]:
+    """One line of the speed history: per backbone the default's speed-up (and bf16's); ``only``:
+    the backbones this run measured (the others' cells stay empty)."""
+    r = {x["backbone"]: x for x in sec.get("side_by_side", [])
+         if only is None or x["backbone"] in only}
     cells = []
     for n in BACKBONES:
         sp = r[n]["speedup_vs_official_cpu"] if n in r else None
@@ -207,7 +209,7 @@ def history_row(sec: dict, label: str, commit: str) -> list[str]:
             continue
         bf = sp.get("ours fused+bf16", {}).get("median")
         cells.append(f"{sp[r[n]['default']]['median']:.2f}x" + (f" / {bf:.2f}x" if bf else ""))
-    when = min((x.get("measured", "") for x in r.values()), default="")
+    when = max((x.get("measured", "") for x in r.values()), default="")
     return [label, f"`{commit[:7]}`", when] + cells
 
 
@@ -356,7 +358,7 @@ def main(argv=None) -> int:
             hist.append(history_row(old, old.get("label") or "earlier run",
                                     old.get("commit") or old_commit or "unknown"))
         sec["label"], sec["commit"] = a.label, doc["environment"]["git"]["commit"]
-        sec["history"] = hist + [history_row(sec, a.label or "this run", sec["commit"])]
+        sec["history"] = hist + [history_row(sec, a.label or "this run", sec["commit"], only)]
         sec["history_row_added"] = True
         sec["tables"].append(history_table(sec["history"]))
         for r in sec["side_by_side"]:
