@@ -14,6 +14,7 @@ never read, so dropping them changes nothing on real positions (``tests/test_cor
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -76,26 +77,29 @@ def grouped_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, he
 
 def padded_attention(qkv: torch.Tensor, pk: Packing, key_mask: torch.Tensor, heads: int,
                      dropout_p: float) -> torch.Tensor:
-    """:func:`grouped_attention` on the padded view, in fp32 (also under ``autocast_bf16``, as
-    :func:`dialogue_attention`): without dropout one fused SDPA over all G x heads; with dropout
-    SDPA's math path written out, so that the probabilities go through :func:`dropout`."""
+    """:func:`grouped_attention` on the padded view: without dropout one fused SDPA over all
+    G x heads; with dropout SDPA's math path written out, so that the probabilities go through
+    :func:`dropout`. On CPU in fp32 also under ``autocast_bf16`` (as :func:`dialogue_attention`);
+    on a GPU under autocast in its dtype (the fused GPU kernels want bf16 / fp16)."""
     G, U, d3 = qkv.shape
     d, B, N = d3 // 3, pk.B, pk.N
     dh = d // heads
     # [3, G, heads, B, N, d_h]: q, k, v and heads ahead of the dialogue axis (SDPA's batch and head
     # axes swapped, the same computation), so q, k, v come out of the padding contiguous
-    x = pk.pad(qkv.float().view(G, U, 3, heads, dh).permute(2, 0, 3, 1, 4), lead=3)
+    cpu = qkv.device.type == "cpu"
+    x = pk.pad((qkv.float() if cpu else qkv).view(G, U, 3, heads, dh).permute(2, 0, 3, 1, 4),
+               lead=3)
     # unbind, not x[i]: each select's backward would zero-fill the whole padded qkv
     q, k, v = (t.reshape(G * heads, B, N, dh) for t in x.unbind(0))
     mask = key_mask[:, None, :, None, :].expand(G, heads, B, 1, N).reshape(G * heads, B, 1, N)
-    with torch.autocast(qkv.device.type, enabled=False):
+    with torch.autocast("cpu", enabled=False) if cpu else contextlib.nullcontext():
         if dropout_p > 0.0:
             # one baddbmm gives the scaled, masked logits (additive -inf bias) in a single pass
             R = G * heads * B
-            bias = torch.zeros(mask.shape, device=x.device).masked_fill_(~mask, float("-inf"))
+            bias = x.new_zeros(mask.shape).masked_fill_(~mask, float("-inf"))
             s = torch.baddbmm(bias.reshape(R, 1, N), q.reshape(R, N, dh),
                               k.reshape(R, N, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh))
-            a = dropout(torch.softmax(s, dim=-1), dropout_p, True)
+            a = dropout(torch.softmax(s, dim=-1, dtype=torch.float32), dropout_p, True)
             o = (a @ v.reshape(R, N, dh)).view(G * heads, B, N, dh)
         else:
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
