@@ -122,7 +122,7 @@ def test_fused_dropout_distribution():
     assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
 
 
-# ---- the oneDNN kernels of the packed encoders (merc.models.backbones._fused) --------------------
+# ---- the packed encoders' CPU kernels (merc.models.kernels, merc.models.packed) -----------------
 
 def _grads(fn, *ts):
     out = fn(*ts)
@@ -135,7 +135,7 @@ def _grads(fn, *ts):
 def test_fused_linear_equals_functional(relu, bias, input_grad):
     """``linear`` = ``F.linear`` (+ ReLU): output and the gradients of x, W, b to 1e-5; no input
     gradient is formed when the input needs none (the raw features)."""
-    from merc.models.backbones import _fused
+    from merc.models import kernels
     torch.manual_seed(0)
     x = torch.randn(37, 24, requires_grad=input_grad)
     w, b = torch.randn(40, 24, requires_grad=True), torch.randn(40, requires_grad=True)
@@ -147,19 +147,19 @@ def test_fused_linear_equals_functional(relu, bias, input_grad):
     want = _grads(ref, *args)
     for t in args:
         t.grad = None
-    got = _grads(lambda *a: _fused.linear(*a, relu=relu), *args)
+    got = _grads(lambda *a: kernels.linear(*a, relu=relu), *args)
     for a, b_ in zip(want, got):
         assert (a is None) == (b_ is None)
         if a is not None:
             assert torch.allclose(a, b_, atol=1e-5, rtol=1e-5)
-    assert _fused.onednn_ok(x) == _fused._ONEDNN
+    assert kernels.onednn_ok(x) == kernels._ONEDNN
 
 
 @pytest.mark.parametrize("p", [0.5, 0.0])
 def test_fused_ffn_equals_modules(p):
     """``ffn`` = ``lin2(dropout(relu(lin1(x))))`` with the same dropout mask: output and every
     gradient to 1e-5 (the backward's single mask [f > 0] / (1 - p) is exact)."""
-    from merc.models.backbones._fused import ffn, keep_mask
+    from merc.models.kernels import ffn, keep_mask
     torch.manual_seed(0)
     lin1, lin2 = nn.Linear(24, 64), nn.Linear(64, 24)
     x = torch.randn(53, 24, requires_grad=True)
@@ -182,7 +182,7 @@ def test_fused_ffn_equals_modules(p):
 def test_fused_keep_mask_distribution(p, values):
     """``keep_mask``: 0 with probability p (8- / 16-bit draws for dyadic p, floats otherwise),
     survivors 1 / (1 - p); the dropout built on it passes survivors' gradients scaled the same."""
-    from merc.models.backbones._fused import dropout, keep_mask
+    from merc.models.kernels import dropout, keep_mask
     torch.manual_seed(0)
     k = keep_mask((500, 800), p, torch.device("cpu"))
     assert k.dtype == torch.float32 and k.shape == (500, 800)
@@ -212,16 +212,19 @@ def test_fused_step_is_deterministic(small):
 
 @pytest.mark.parametrize("heads,p", [(1, 0.5), (2, 0.5), (2, 0.0)])
 def test_dialogue_attention_equals_padded(heads, p):
-    """``dialogue_attention`` = per dialogue softmax(Q K^T / sqrt(d_h)) V with dropout on the
-    probabilities (the same draw), on packed rows: output and the gradient of qkv to 1e-5; without
-    dropout also equal to the padded masked SDPA."""
-    from merc.models.backbones._fused import dialogue_attention, keep_mask
+    """``dialogue_attention`` (training on CPU) = per dialogue softmax(Q K^T / sqrt(d_h)) V with
+    dropout on the probabilities (the same draw), on packed rows: output and the gradient of qkv
+    to 1e-5; without dropout also equal to the padded masked product (``padded_attention``)."""
+    from merc.models.kernels import keep_mask
+    from merc.models.packed import Packing, dialogue_attention, padded_attention
     sizes, d = [5, 1, 9, 3], 8
     U, dh = sum(sizes), d // heads
+    mask = torch.arange(max(sizes))[None] < torch.tensor(sizes)[:, None]
+    pk = Packing(mask)
     torch.manual_seed(0)
     qkv = torch.randn(U, 3 * d, requires_grad=True)
     torch.manual_seed(1)
-    got = _grads(lambda t: dialogue_attention(t, sizes, heads, p), qkv)
+    got = _grads(lambda t: dialogue_attention(t[None], pk, mask[None], heads, p)[0], qkv)
     qkv.grad = None
     torch.manual_seed(1)
     keep = keep_mask((heads * sum(n * n for n in sizes),), p, qkv.device) if p else None
@@ -241,10 +244,8 @@ def test_dialogue_attention_equals_padded(heads, p):
     for a, b in zip(want, got):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
     if not p:
-        from merc.models.packed import Packing, packed_attention
-        mask = torch.arange(max(sizes))[None] < torch.tensor(sizes)[:, None]
         with torch.no_grad():
-            padded = packed_attention(qkv, Packing(mask), mask, heads, 0.0)
+            padded = padded_attention(qkv[None], pk, mask[None], heads, 0.0)[0]
         assert torch.allclose(padded, got[0], atol=1e-5)
 
 

@@ -30,11 +30,11 @@ for the whole batch (same edges, same types).
 
 Speed: the ``SeqContext`` encoders are ~80% of a step (their matmuls; the graph part is small).
 ``kernels="fused"`` (default) runs them packed, as MMGCN's (position-wise layers on the real
-utterances only, attention of each dialogue on its own rows; on CPU fp32 the linears, the FFN and
-their backward passes through oneDNN, :mod:`merc.models.backbones._fused`), and the RGCN with
-only the 2S relations each source can send through (:func:`rgcn_by_source_speaker`), equal to
-``kernels="modules"`` to 1e-5 on logits and gradients (``tests/test_backbones_fused.py``;
-dropouts: same distribution, not the same random stream). ``autocast_bf16`` (opt-in): the encoders'
+utterances only, attention of each dialogue on its own rows, :mod:`merc.models.packed`; on CPU
+fp32 the linears, the FFN and their backward passes through oneDNN, :mod:`merc.models.kernels`),
+and the RGCN with only the 2S relations each source can send through
+(:func:`rgcn_by_source_speaker`), equal to ``kernels="modules"`` to 1e-5 on logits and gradients
+(``tests/test_backbones_fused.py``; dropouts: same distribution, not the same random stream). ``autocast_bf16`` (opt-in): the encoders'
 matmuls in bf16, the rest fp32. Both keys act on ``encoder="released"`` only.
 
 ``encoder="light"`` keeps the lighter structure this project used before: ``context_encoder``
