@@ -34,8 +34,9 @@ utterances only, attention of each dialogue on its own rows, :mod:`merc.models.p
 fp32 the linears, the FFN and their backward passes through oneDNN, :mod:`merc.models.kernels`),
 and the RGCN with only the 2S relations each source can send through
 (:func:`rgcn_by_source_speaker`), equal to ``kernels="modules"`` to 1e-5 on logits and gradients
-(``tests/test_backbones_fused.py``; dropouts: same distribution, not the same random stream). ``autocast_bf16`` (opt-in): the encoders'
-matmuls in bf16, the rest fp32. Both keys act on ``encoder="released"`` only.
+(``tests/test_backbones_fused.py``; dropouts: same distribution, not the same random stream).
+``autocast_bf16`` (opt-in): the encoders' matmuls in bf16, the rest fp32. Both keys act on
+``encoder="released"`` only.
 
 ``encoder="light"`` keeps the lighter structure this project used before: ``context_encoder``
 (``gru``: the paper's bidirectional GRU, default; ``transformer``: Linear then one Transformer layer
