@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from merc.models.backbones._common import _heads_for, bf16_autocast, dropout
-from merc.models.corect_fused import Packing
+from merc.models.packed import Packing
 
 
 def sinusoid(length: int, dim: int, device) -> torch.Tensor:

@@ -68,8 +68,8 @@ from merc.data.dataset import Batch, DatasetMeta
 from merc.models.backbones._common import (RELEASED_FFN, InputWidthTransformer, Kernels,
                                            SequenceEncoder, bf16_autocast, cached_window_edges,
                                            late_fusion_output, speaker_relation_types, to_padded)
-from merc.models.corect_fused import Packing
 from merc.models.base import MercModel, Output, register_model
+from merc.models.packed import Packing
 
 #: SPCL Table 2 / the SPCL launch defaults shared by the four backbones
 SPCL_IEMOCAP = {"lr": 2e-4, "optimizer": "adam", "batch_size": 16, "epochs": 50,
