@@ -195,19 +195,26 @@ def test_fused_keep_mask_distribution(p, values):
     assert dropout(x, p, False) is x
 
 
-def test_fused_step_is_deterministic(small):
-    """Same seed, same batch: bitwise-equal logits and gradients (oneDNN at one thread), with
-    every dropout on."""
-    runs = []
-    for _ in range(2):
-        _, cfg = resolve_config("dialoguegcn", {"hidden_size": 8} | RELEASED_SMALL["dialoguegcn"])
-        torch.manual_seed(0)
-        model = build_model("dialoguegcn", cfg, small.meta).train()
-        out = model(small["train"].batch([0, 1, 2]))
-        out.logits.sum().backward()
-        runs.append([out.logits.detach()] + [p.grad for p in model.parameters()
-                                             if p.grad is not None])
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_step_is_deterministic(small, threads):
+    """Same seed, same batch: bitwise-equal logits and gradients, with every dropout on, also at
+    2 threads (where an accumulating gather backward, ``g[src]``, once summed repeated rows in a
+    thread-dependent order)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        runs = []
+        for _ in range(10):
+            _, cfg = resolve_config("dialoguegcn", {"hidden_size": 64, "encoder_ff": 256})
+            torch.manual_seed(0)
+            model = build_model("dialoguegcn", cfg, small.meta).train()
+            out = model(small["train"].batch(list(range(10))))
+            out.logits.sum().backward()
+            runs.append([out.logits.detach()] + [p.grad for p in model.parameters()
+                                                 if p.grad is not None])
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for r in runs[1:] for a, b in zip(runs[0], r))
 
 
 @pytest.mark.parametrize("heads,p", [(1, 0.5), (2, 0.5), (2, 0.0)])

@@ -191,7 +191,9 @@ class ReleasedBranch(nn.Module):
         g = g.float()                                               # [U, g]
         src, dst = edge_index
         # Eq. (1) as released: score_jk = (W g_k)^T g_j, softmax over the targets k of source j
-        score = ((g @ self.edge_att.T)[dst] * g[src]).sum(-1)       # W g_k once per node
+        # W g_k once per node; index_select, not g[src]: advanced indexing's backward (an
+        # accumulating index_put) sums repeated rows in a thread-dependent order
+        score = ((g @ self.edge_att.T).index_select(0, dst) * g.index_select(0, src)).sum(-1)
         alpha = softmax(score, src, num_nodes=g.shape[0])
         if plan is None:                                            # Eq. (2), mean aggregation
             h = self.rgcn(g, edge_index, edge_type)
