@@ -112,12 +112,13 @@ class AttentiveRGCNConv(RGCNConv):
         if nb is not None and nb < R:
             # transform by the bases (U x nb x out) and mix per edge with its coefficients
             xb = torch.einsum("ni,bio->nbo", x, self.weight)
-            msg = torch.einsum("eb,ebo->eo", self.comp[edge_type], xb[src])
+            msg = torch.einsum("eb,ebo->eo", self.comp.index_select(0, edge_type),
+                               xb.index_select(0, src))
         else:
             w = self.weight if nb is None else (self.comp @ self.weight.view(nb, -1)).view(
                 R, self.in_channels_l, self.out_channels)
             xw = torch.einsum("ni,rio->nro", x, w)                  # [U, R, out]
-            msg = xw[src, edge_type]
+            msg = xw.reshape(-1, self.out_channels).index_select(0, src * R + edge_type)
         out = torch.zeros(x.shape[0], self.out_channels, dtype=x.dtype, device=x.device)
         out = out.index_add(0, dst, msg * edge_weight[:, None])
         out = out + x @ self.root
@@ -229,7 +230,7 @@ class DialogueGCNBranch(nn.Module):
         g = self.encoder(x, batch.mask, batch.lengths)[batch.mask]    # sequential context [U, e]
         src, dst = edge_index
         # Eq. (1): alpha_ij = softmax over i's window of g_i^T W_e g_j
-        score = (self.att(g)[dst] * g[src]).sum(-1)
+        score = (self.att(g).index_select(0, dst) * g.index_select(0, src)).sum(-1)
         alpha = softmax(score, dst, num_nodes=g.shape[0])
         h = self.rgcn(g, edge_index, edge_type, alpha)              # Eq. (2)
         h = self.gconv(h, edge_index)                               # Eq. (3)
