@@ -170,6 +170,7 @@ def test_partition_finds_modality_modules(small):
     assert mmgcn.fc_in in shared and mmgcn.heads["text"] in shared
     _, cfg = resolve_config("dialoguegcn", {"hidden_size": 8, "hidden2_size": 6, "encoder_ff": 16})
     dgcn = build_model("dialoguegcn", cfg, small.meta)
+    assert dgcn.config.kernels == "fused"    # the probe runs the module path (hooks fire)
     spec, shared = partition(dgcn, batch, mods)
     assert not shared                 # one independent branch per modality
     for m in mods:

@@ -63,7 +63,7 @@ from merc.data.dataset import Batch, DatasetMeta
 from merc.graphs import corect_graph, num_relations
 from merc.models.base import MercModel, Output, register_model
 from merc.models.corect_fused import Bands, grouped_cross_modal, gt_banded, rgcn_banded
-from merc.models.kernels import bf16_autocast, linear
+from merc.models.kernels import bf16_autocast, fused, linear
 from merc.models.packed import Packing, encoder_packed
 
 
@@ -365,7 +365,7 @@ class Corect(MercModel):
         cfg = self.config
         mask = batch.mask
         with bf16_autocast(mask.device, cfg.autocast_bf16):
-            if cfg.kernels == "fused":
+            if fused(cfg.kernels):
                 hcat = self._forward_fused(batch)
             else:
                 hcat = self._forward_modules(batch)

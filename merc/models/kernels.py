@@ -26,7 +26,9 @@ references.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -140,3 +142,26 @@ def ffn(x: torch.Tensor, lin1: nn.Linear, lin2: nn.Linear, p: float, training: b
     if onednn_ok(x):
         return _FFN.apply(x, lin1.weight, lin1.bias, lin2.weight, lin2.bias, p, training)
     return lin2(dropout(torch.relu(lin1(x)), p, training))
+
+
+_PATH = threading.local()
+
+
+def fused(kernels: str) -> bool:
+    """Whether a model configured with ``kernels`` computes on its fused path now: False inside
+    :func:`module_path`."""
+    return kernels == "fused" and not getattr(_PATH, "modules", False)
+
+
+@contextlib.contextmanager
+def module_path():
+    """Run every model on its module path (``kernels="modules"``) in this block, in this thread.
+    Why: forward hooks (``merc.strategies._balance.partition``, which finds each modality's own
+    modules by their inputs) see only modules whose ``forward`` runs; the fused kernels compute
+    the same function from the same parameters without calling most of them."""
+    before = getattr(_PATH, "modules", False)
+    _PATH.modules = True
+    try:
+        yield
+    finally:
+        _PATH.modules = before

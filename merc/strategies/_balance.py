@@ -21,6 +21,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from merc.config import StrictConfig
 from merc.data.dataset import Batch
+from merc.models.kernels import module_path
 from merc.strategies.base import Strategy
 
 #: backbones whose Output carries modality_logits
@@ -164,7 +165,9 @@ class ActivationRecorder:
         was = model.training
         model.eval()
         try:
-            with torch.set_grad_enabled(grad):
+            # the module path: the fused kernels compute the same outputs without calling most
+            # modules' forward, so their hooks would not fire
+            with torch.set_grad_enabled(grad), module_path():
                 out = model(batch)
         finally:
             model.train(was)

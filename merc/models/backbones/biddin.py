@@ -78,6 +78,7 @@ from merc.models.backbones._common import (Kernels, SequenceEncoder, bf16_autoca
 from merc.models.backbones._dialoguernn import BiModelSingle, dialogue_rnns_fused
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
+from merc.models.kernels import fused as use_fused
 
 
 class BiDDINConfig(ModelConfig):
@@ -175,7 +176,7 @@ class BiDDIN(MercModel):
         spk = batch.speakers.clamp(0, self.num_parties - 1)
         z, feats = {}, {}
         models = [self.bimodel[m] for m in self.modalities]
-        fused, bf16 = self.config.kernels == "fused", self.config.autocast_bf16
+        fused, bf16 = use_fused(self.config.kernels), self.config.autocast_bf16
         if fused:                                                    # all chains at once
             states = dialogue_rnns_fused(models, [batch.features[m] for m in self.modalities],
                                          spk, mask, batch.lengths, self.num_parties, bf16)

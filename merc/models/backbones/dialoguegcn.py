@@ -69,6 +69,7 @@ from merc.models.backbones._common import (RELEASED_FFN, InputWidthTransformer, 
                                            SequenceEncoder, bf16_autocast, cached_window_edges,
                                            late_fusion_output, speaker_relation_types, to_padded)
 from merc.models.base import MercModel, Output, register_model
+from merc.models.kernels import fused as use_fused
 from merc.models.packed import Packing
 
 #: SPCL Table 2 / the SPCL launch defaults shared by the four backbones
@@ -268,7 +269,7 @@ class DialogueGCN(MercModel):
         z, feats = {}, {}
         extra = {}
         if cfg.encoder == "released":
-            fused = cfg.kernels == "fused"
+            fused = use_fused(cfg.kernels)
             extra = {"pk": Packing(mask) if fused else None, "bf16": cfg.autocast_bf16,
                      "plan": SpeakerRGCNPlan(edge_index, edge_type, spk, num_spk) if fused
                      else None}

@@ -36,7 +36,7 @@ one PyG message per edge the adjacency is kept in dense per-dialogue blocks
 weights as the edge-list builders ``multimodal_graph`` / ``angular_norm_weights`` (checked in
 ``tests/test_backbones.py``), about 10x faster on CPU. The released encoders are >90% of a step;
 ``kernels="fused"`` (default) runs them packed (position-wise layers on the real utterances only,
-attention per dialogue in one masked SDPA, :func:`merc.models.corect_fused.text_encoder_packed`),
+attention per dialogue in one masked SDPA, :func:`merc.models.packed.encoder_packed`),
 and the GCNII stack, dropouts and heads on the packed nodes too (only the propagation P h pads them
 into the dialogue blocks, :class:`~merc.models.backbones._common.PackedAdjacency`), equal to
 ``kernels="modules"`` (padded ``nn.TransformerEncoder``) to 1e-5 on logits and gradients
@@ -66,9 +66,10 @@ from merc.models.backbones._common import (RELEASED_FFN, DenseMultimodalAdjacenc
                                            InputWidthTransformer, Kernels, PackedAdjacency,
                                            SequenceEncoder, bf16_autocast, dropout,
                                            late_fusion_output)
-from merc.models.corect_fused import Packing
 from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
+from merc.models.kernels import fused as use_fused
+from merc.models.packed import Packing
 
 
 class MMGCNConfig(ModelConfig):
@@ -126,7 +127,11 @@ class MultimodalGraphEncoder(nn.Module):
                         if released or (cfg.use_speaker and "text" in self.modalities) else None)
         self.use_speaker = cfg.use_speaker and "text" in self.modalities
         self.detach_adjacency = cfg.detach_adjacency
-        self.fused, self.bf16 = cfg.kernels == "fused", cfg.autocast_bf16
+        self.kernels, self.bf16 = cfg.kernels, cfg.autocast_bf16
+
+    @property
+    def fused(self) -> bool:
+        return use_fused(self.kernels)
 
     def encode(self, m: str, batch: Batch, pk: Packing) -> torch.Tensor:
         """Modality m's encoder output: fused [U, e] (packed), modules [B, N, e]."""
