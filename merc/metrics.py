@@ -9,9 +9,22 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 from merc.data.format import IGNORE_INDEX
+
+
+def accuracy_score(*args, **kwargs):
+    """scikit-learn's, imported on first use: importing sklearn costs ~1.4 s, which a sweep's
+    driver (it imports this module to validate a spec, never to score) would spend before its
+    first trial."""
+    from sklearn.metrics import accuracy_score as f
+    return f(*args, **kwargs)
+
+
+def f1_score(*args, **kwargs):
+    """scikit-learn's, imported on first use (see :func:`accuracy_score`)."""
+    from sklearn.metrics import f1_score as f
+    return f(*args, **kwargs)
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int,
