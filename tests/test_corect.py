@@ -257,7 +257,7 @@ def test_official_shaped_benchmark_step_has_our_parameter_count(tiny):
 
 def test_fused_dropout_paths_reduce_to_modules_at_negligible_rate(tiny):
     """With dropout > 0 the fused path writes attention out and draws its own dropout masks
-    (``corect_fused.dropout``); at a negligible rate that must still be the module path, in
+    (``merc.models.kernels.dropout``); at a negligible rate that must still be the module path, in
     training mode, for the text encoder, P-CM (two layers each) and the classifier."""
     data, batch = _batch(tiny, "ATV", idx=(0, 1, 2))
     kw = SMALL | dict(dropout=1e-9, pcm_dropout=1e-9, pcm_layers=2, self_att_layers=2,
