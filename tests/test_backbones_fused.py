@@ -280,3 +280,17 @@ def test_rgcn_by_source_speaker_equals_pyg(num_speakers, num_bases):
         res.append(_grads(fn, x) + [p.grad.clone() for p in conv.parameters()])
     for a, b in zip(*res):
         assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_onednn_linear_only_at_full_fp32_precision():
+    """A process that lowers oneDNN's fp32 matmul precision must not get it in the fp32 default:
+    ``linear`` then falls back to ``F.linear``."""
+    from merc.models import kernels
+    x = torch.randn(4, 3)
+    before = torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+        assert not kernels.onednn_ok(x)
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = before
+    assert kernels.onednn_ok(x) == kernels._ONEDNN

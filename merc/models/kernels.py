@@ -74,8 +74,17 @@ def cpu_fp32(x: torch.Tensor) -> bool:
 
 
 def onednn_ok(x: torch.Tensor) -> bool:
-    """Whether :func:`linear` may use oneDNN for ``x``: CPU fp32 outside autocast."""
-    return _ONEDNN and cpu_fp32(x)
+    """Whether :func:`linear` may use oneDNN for ``x``: CPU fp32 outside autocast, and oneDNN's
+    fp32 matmuls at full precision (``torch.backends.mkldnn.matmul.fp32_precision`` "none" or
+    "ieee"; "bf16" / "tf32" would quietly change the fp32 default's numerics)."""
+    return _ONEDNN and cpu_fp32(x) and _full_precision()
+
+
+def _full_precision() -> bool:
+    try:
+        return torch.backends.mkldnn.matmul.fp32_precision in ("none", "ieee")
+    except AttributeError:                    # older torch: no such setting, full precision
+        return True
 
 
 def _mm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
