@@ -21,11 +21,6 @@ def _load_all() -> None:
         importlib.import_module(mod)
 
 
-def module_of(name: str) -> str | None:
-    """The module that registers model ``name`` (None: not a built-in model)."""
-    return MODULES.get(name)
-
-
 def get_entry(name: str) -> ModelEntry:
     if name not in REGISTRY:
         if name in MODULES:
@@ -46,5 +41,4 @@ def build_model(name: str, config, meta) -> MercModel:
     return get_entry(name).builder(config, meta)
 
 
-__all__ = ["build_model", "get_entry", "model_names", "module_of", "register_model", "Output",
-           "MercModel"]
+__all__ = ["build_model", "get_entry", "model_names", "register_model", "Output", "MercModel"]

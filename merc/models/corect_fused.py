@@ -6,10 +6,10 @@ parameters, so outputs on real utterances agree to float rounding (``tests/test_
 logits and gradients to 1e-5):
 
 * **Packing.** Every position-wise op (linear layers, layer norms, dropouts, the FFNs) runs on the
-  ``U`` real utterances ``[U, d]`` instead of the padded ``[B, N, d]``. In training each dialogue's
-  attention runs on its own rows (:func:`merc.models.packed.dialogue_attention`: no padded products, which are ~56%
-  of the padded work on IEMOCAP batches of 10, and a written-out backward); without gradients one
-  padded product with the key mask (``padded_attention``). Padded positions were never
+  ``U`` real utterances ``[U, d]`` instead of the padded ``[B, N, d]``. In training each
+  dialogue's attention runs on its own rows (:func:`merc.models.packed.dialogue_attention`: no
+  padded products, which are ~56% of the padded work on IEMOCAP batches of 10, and a written-out
+  backward); without gradients one padded product with the key mask. Padded positions were never
   attended to (key mask) and never read, so dropping them changes nothing on real positions. This
   is the text Transformer (eq. 1, :func:`merc.models.packed.encoder_packed`, shared with the
   backbones) and P-CM (eqs. 11-13).
@@ -28,11 +28,12 @@ logits and gradients to 1e-5):
   layer over a group axis: batched matmuls with the stacked weights, attention over group x heads.
 
 Changes of the random stream (not of the distribution) in training: dropout compares 8 or 16
-random bits per element with a threshold (:func:`merc.models.kernels.keep_mask`; ATen's CPU ``bernoulli_`` was ~9% of
-a bf16 step), also on the attention probabilities. At a negligible rate the fused path reduces to
-the module path (tested). Under ``autocast_bf16`` the linear layers and the Graph Transformer's
-products run in bf16, attention (logits, softmax, products) in fp32; the fp32 default is unchanged.
-Every backward avoids per-index selects (``x[k]``), whose gradient zero-fills the whole tensor.
+random bits per element with a threshold (:func:`merc.models.kernels.keep_mask`; ATen's CPU
+``bernoulli_`` was ~9% of a bf16 step), also on the attention probabilities. At a negligible rate
+the fused path reduces to the module path (tested). Under ``autocast_bf16`` the linear layers and
+the Graph Transformer's products run in bf16, attention (logits, softmax, products) on CPU in fp32;
+the fp32 default is unchanged. Every backward avoids per-index selects (``x[k]``), whose gradient
+zero-fills the whole tensor.
 
 Why: on CPU the padded positions cost ~37% of the text Transformer and P-CM work on IEMOCAP batches
 of 10, the per-edge gathers of the Graph Transformer were memory-bound, and P-CM was ~70 small ops

@@ -282,8 +282,8 @@ def plain_trial_actors(active: bool):
     trial actor ``runtime_env={"env_vars": {"PL_DISABLE_FORK": "1"}}`` (for PyTorch Lightning; the
     driver exports it to every worker instead, :meth:`_Sweep.start_ray`); a worker started without
     that runtime_env never runs such an actor, so Ray would start (and import torch, PyG, merc into)
-    one more process per slot while the prestarted ones idle. Nothing changes when Tune has more to pass (a variable it propagates is
-    set in the driver) or when Ray is not this sweep's own."""
+    one more process per slot while the prestarted ones idle. Nothing changes when Tune has more
+    to pass (a variable it propagates is set in the driver) or when Ray is not this sweep's own."""
     if not active:
         yield
         return

@@ -36,7 +36,7 @@ one PyG message per edge the adjacency is kept in dense per-dialogue blocks
 weights as the edge-list builders ``multimodal_graph`` / ``angular_norm_weights`` (checked in
 ``tests/test_backbones.py``), about 10x faster on CPU. The released encoders are >90% of a step;
 ``kernels="fused"`` (default) runs them packed (position-wise layers on the real utterances only,
-attention per dialogue in one masked SDPA, :func:`merc.models.packed.encoder_packed`),
+attention of each dialogue on its own rows, :func:`merc.models.packed.encoder_packed`),
 and the GCNII stack, dropouts and heads on the packed nodes too (only the propagation P h pads them
 into the dialogue blocks, :class:`~merc.models.backbones._common.PackedAdjacency`), equal to
 ``kernels="modules"`` (padded ``nn.TransformerEncoder``) to 1e-5 on logits and gradients
