@@ -27,7 +27,7 @@ from benchmarks.common import Context, load_average
 def _tasks(meta):
     from merc.models import build_model
     from merc.models.backbones._dialoguernn import dialogue_rnns_fused
-    from merc.models.corect_fused import Packing
+    from merc.models.packed import Packing
     from merc.train import resolve_config
 
     def build(name: str, kernels: str):
