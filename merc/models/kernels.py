@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 def bf16_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """The ``autocast_bf16`` context of CORECT and the backbones: matmuls in bf16 (attention in
-    :mod:`merc.models.packed` stays fp32)."""
+    :mod:`merc.models.packed` stays fp32 on CPU)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
