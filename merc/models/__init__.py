@@ -14,6 +14,9 @@ MODULES = {"corect": "merc.models.corect", "dialoguegcn": "merc.models.backbones
            "biddin": "merc.models.backbones.biddin", "mmgcn": "merc.models.backbones.mmgcn",
            "mmdfn": "merc.models.backbones.mmdfn", "multidag": "merc.models.multidag",
            "ada2i": "merc.models.ada2i", "micga": "merc.models.micga"}
+#: what building a model imports beyond its module: PyG, imported when the model is built so that
+#: validating a config (a sweep's driver) does not pay for it; a sweep's Ray workers preload it
+BUILD_IMPORTS = {"corect": ("torch_geometric.nn",), "micga": ("torch_geometric.nn",)}
 
 
 def _load_all() -> None:

@@ -1,0 +1,58 @@
+"""A sweep's driver validates a CORECT spec without importing PyG, and the local Ray it starts
+has every worker import what a trial imports (the trainable, the model module, PyG) as it
+starts (merc.sweep.runner._Sweep.worker_preload), so that the first trials do not wait for it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+SPEC = """
+model: corect
+dataset: synthetic:tiny
+metric: val_wf1
+fixed: {epochs: 1}
+studies:
+  s:
+    axes: {window_past: [1, 2]}
+    seeds: [0]
+"""
+
+PROBE = """
+import json, sys
+import ray
+from merc.sweep.runner import options_from, _Sweep
+s = _Sweep(options_from(spec=sys.argv[1], study="s", num_cpus=1, storage=sys.argv[2],
+                        mlflow_uri="sqlite:///" + sys.argv[2] + "/m.db",
+                        print_fn=lambda *a, **k: None))
+s.prepare()
+driver = sorted(m for m in ("torch_geometric", "merc.models.corect") if m in sys.modules)
+preload = s.worker_preload()
+s.start_ray()
+
+@ray.remote(num_cpus=1)
+def loaded():
+    # what the worker had imported before it took this task (no trial code ran in it)
+    return sorted(m for m in ("torch_geometric.nn", "merc.models.corect",
+                              "merc.sweep.trainable") if m in sys.modules)
+
+print(json.dumps({"driver": driver, "preload": preload, "worker": ray.get(loaded.remote())}))
+ray.shutdown()
+"""
+
+
+def test_driver_skips_pyg_and_ray_workers_preload_the_trial_imports(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC))
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(spec), str(tmp_path)], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    # the driver built and checked the CORECT config (model module imported), PyG was not needed
+    assert got["driver"] == ["merc.models.corect"]
+    assert got["preload"] == ["merc.sweep.trainable", "merc.models.corect", "torch_geometric.nn"]
+    assert got["worker"] == ["merc.models.corect", "merc.sweep.trainable", "torch_geometric.nn"]
