@@ -56,3 +56,22 @@ def test_driver_skips_pyg_and_ray_workers_preload_the_trial_imports(tmp_path):
     assert got["driver"] == ["merc.models.corect"]
     assert got["preload"] == ["merc.sweep.trainable", "merc.models.corect", "torch_geometric.nn"]
     assert got["worker"] == ["merc.models.corect", "merc.sweep.trainable", "torch_geometric.nn"]
+
+
+def test_no_preload_when_prestarted_workers_would_idle(tmp_path):
+    """Ray prestarts one worker per CPU: with 2-CPU trials on 4 CPUs half of them would hold
+    torch and PyG (~400 MB each) for nothing, so nothing is preloaded."""
+    from merc.sweep.runner import _Sweep, options_from
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC))
+
+    def preload(**kw):
+        s = _Sweep(options_from(spec=str(spec), study="s", storage=str(tmp_path),
+                                mlflow_uri=f"sqlite:///{tmp_path}/m.db",
+                                print_fn=lambda *a, **k: None, **kw))
+        s.prepare()
+        return s.worker_preload()
+    assert preload(num_cpus=4, cpus_per_trial=2) == []
+    assert preload(num_cpus=4, cpus_per_trial=1, max_concurrent=2) == []
+    assert preload(num_cpus=4, cpus_per_trial=1, gpus_per_trial=0.5) == []
+    assert "merc.models.corect" in preload(num_cpus=4, cpus_per_trial=1)

@@ -545,9 +545,10 @@ class _Sweep:
             # what Tune sets in every trial actor's runtime_env, here inherited by all workers
             # (so that the actors can take the prestarted workers: plain_trial_actors)
             os.environ.setdefault("PL_DISABLE_FORK", "1")
+            preload = self.worker_preload()
             ray.init(num_cpus=self.o.num_cpus, log_to_driver=self.o.verbose > 1,
                      include_dashboard=False,
-                     _system_config={"preload_python_modules": self.worker_preload()})
+                     _system_config={"preload_python_modules": preload} if preload else None)
             self._own_ray = True
 
     def worker_preload(self) -> list[str]:
@@ -555,7 +556,19 @@ class _Sweep:
         PyG), for this sweep's local Ray to import into every worker as it starts: the workers
         Ray prestarts then import while the driver sets up MLflow, not after the Tuner placed the
         first trials on them (~4 s per slot before the first epoch). Best effort: a module that
-        fails to import here is imported (and fails) again in the trial."""
+        fails to import here is imported (and fails) again in the trial.
+
+        Nothing when some prestarted workers would idle: Ray prestarts one worker per CPU, and an
+        idle worker holding torch and PyG costs ~400 MB (e.g. 4-CPU trials on a 64-CPU machine).
+        """
+        o = self.o
+        ncpu = o.num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1)
+        slots = ncpu / o.cpus_per_trial
+        if o.max_concurrent:
+            slots = min(slots, o.max_concurrent)
+        if o.gpus_per_trial or slots < ncpu:
+            return []
         from merc.models import BUILD_IMPORTS, MODULES
         mods = ["merc.sweep.trainable"]
         for m in self.study_models():
