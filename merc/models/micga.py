@@ -128,7 +128,7 @@ class SGATLayer(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads, self.dim = heads, dim
-        from torch_geometric.nn import GATv2Conv   # at build time: see MiCGA.__init__
+        from torch_geometric.nn import GATv2Conv   # at build time: see Micga.__init__
         # Eqs. (14)-(16): x_agg,i = sum_j alpha_ij W_agg x_j, alpha from GATv2 scores
         self.gat = GATv2Conv(dim, dim, heads=heads, concat=True)
         self.w_com = nn.Parameter(torch.empty(heads, dim, dim))      # W_com per head, eq. (17)
