@@ -75,3 +75,30 @@ def test_no_preload_when_prestarted_workers_would_idle(tmp_path):
     assert preload(num_cpus=4, cpus_per_trial=1, max_concurrent=2) == []
     assert preload(num_cpus=4, cpus_per_trial=1, gpus_per_trial=0.5) == []
     assert "merc.models.corect" in preload(num_cpus=4, cpus_per_trial=1)
+
+
+JOIN = """
+import sys
+import ray
+from merc.sweep.runner import options_from, _Sweep
+s = _Sweep(options_from(spec=sys.argv[1], study="s", storage=sys.argv[2],
+                        mlflow_uri="sqlite:///" + sys.argv[2] + "/m.db",
+                        print_fn=lambda *a, **k: None))
+s.prepare()
+assert s.worker_preload(), "this case must want a preload"
+s.start_ray()
+print(ray.get_runtime_context().gcs_address)
+ray.shutdown()
+"""
+
+
+def test_a_running_cluster_found_through_ray_address_is_joined(tmp_path, ray_local):
+    """Without --address, ray.init joins the cluster in RAY_ADDRESS (or a `ray start` instance on
+    this machine), where Ray refuses a _system_config: the sweep joins it without the preload."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent(SPEC))
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_ADDRESS=ray_local["address"])
+    out = subprocess.run([sys.executable, "-c", JOIN, str(spec), str(tmp_path)], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == ray_local["address"]

@@ -545,10 +545,18 @@ class _Sweep:
             # what Tune sets in every trial actor's runtime_env, here inherited by all workers
             # (so that the actors can take the prestarted workers: plain_trial_actors)
             os.environ.setdefault("PL_DISABLE_FORK", "1")
+            kw = dict(num_cpus=self.o.num_cpus, log_to_driver=self.o.verbose > 1,
+                      include_dashboard=False)
             preload = self.worker_preload()
-            ray.init(num_cpus=self.o.num_cpus, log_to_driver=self.o.verbose > 1,
-                     include_dashboard=False,
-                     _system_config={"preload_python_modules": preload} if preload else None)
+            try:
+                ray.init(**kw, _system_config={"preload_python_modules": preload}
+                         if preload else None)
+            except ValueError as err:
+                # RAY_ADDRESS, or a `ray start` instance on this machine: ray.init joins that
+                # cluster, whose workers are its own (Ray refuses a _system_config there)
+                if "_system_config" not in str(err):
+                    raise
+                ray.init(**kw)
             self._own_ray = True
 
     def worker_preload(self) -> list[str]:
