@@ -144,7 +144,7 @@ class _DialogueAttention(torch.autograd.Function):
                 out[:, o:o + n].copy_(torch.bmm(ad, v).view(G, H, n, dh).transpose(1, 2))
                 saved += [a, keep, ad]
                 o += n
-        ctx.sizes, ctx.H, ctx.scale, ctx.saved, ctx.dtype = sizes, H, scale, saved, qkv.dtype
+        ctx.sizes, ctx.scale, ctx.saved, ctx.dtype = sizes, scale, saved, qkv.dtype
         ctx.save_for_backward(x)
         return out.view(G, U, d3 // 3)
 

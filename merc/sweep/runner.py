@@ -572,10 +572,7 @@ class _Sweep:
         o = self.o
         ncpu = o.num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                               else os.cpu_count() or 1)
-        slots = ncpu / o.cpus_per_trial
-        if o.max_concurrent:
-            slots = min(slots, o.max_concurrent)
-        if o.gpus_per_trial or slots < ncpu:
+        if o.gpus_per_trial or self._slots_of(ncpu, 0.0) < ncpu:    # (GPUs: unknown before Ray)
             return []
         from merc.models import BUILD_IMPORTS, MODULES
         mods = ["merc.sweep.trainable"]
@@ -588,11 +585,14 @@ class _Sweep:
         """Trials that can run at once: ``--max-concurrent``, else the cluster's CPUs (and GPUs)
         divided by a trial's."""
         import ray
-        o = self.o
         res = ray.cluster_resources()
-        n = int(res.get("CPU", 1.0) // o.cpus_per_trial)
+        return self._slots_of(res.get("CPU", 1.0), res.get("GPU", 0.0))
+
+    def _slots_of(self, cpus: float, gpus: float) -> int:
+        o = self.o
+        n = int(cpus // o.cpus_per_trial)
         if o.gpus_per_trial:
-            n = min(n, int(res.get("GPU", 0.0) // o.gpus_per_trial))
+            n = min(n, int(gpus // o.gpus_per_trial))
         return max(1, min(n, o.max_concurrent) if o.max_concurrent else n)
 
     def _can_restore(self, path: str) -> bool:
