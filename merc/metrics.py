@@ -1,4 +1,5 @@
-"""Classification metrics with scikit-learn's definitions, over real (unpadded) utterances only.
+"""Classification metrics with scikit-learn's definitions (computed in numpy), over real (unpadded)
+utterances only.
 
 ``classification_metrics`` gives accuracy, weighted F1 (``f1_score(average="weighted")``, as every
 reference repo reports) and per-class F1, all in percent. ``mosei_scores`` gives CMU-MOSEI's
@@ -13,18 +14,40 @@ import numpy as np
 from merc.data.format import IGNORE_INDEX
 
 
-def accuracy_score(*args, **kwargs):
-    """scikit-learn's, imported on first use: importing sklearn costs ~1.4 s, which a sweep's
-    driver (it imports this module to validate a spec, never to score) would spend before its
-    first trial."""
-    from sklearn.metrics import accuracy_score as f
-    return f(*args, **kwargs)
+def accuracy_score(y_true, y_pred) -> float:
+    """Fraction of equal entries (scikit-learn's ``accuracy_score``)."""
+    y, p = np.asarray(y_true), np.asarray(y_pred)
+    return float(np.average(y == p))
 
 
-def f1_score(*args, **kwargs):
-    """scikit-learn's, imported on first use (see :func:`accuracy_score`)."""
-    from sklearn.metrics import f1_score as f
-    return f(*args, **kwargs)
+def f1_score(y_true, y_pred, *, labels: Sequence | None = None, average: str | None = None,
+             zero_division: float = 0.0):
+    """F1 with scikit-learn's definitions, in numpy: per class ``2 tp / (n_true + n_pred)``
+    (``zero_division`` where a class is neither true nor predicted); ``average`` None (per class,
+    in ``labels`` order), "macro" (their mean) or "weighted" (weighted by true support); the
+    classes are ``labels``, else every value in ``y_true`` or ``y_pred``.
+
+    Not scikit-learn's own: importing sklearn (and scipy.stats with it) costs ~1.7 s, which every
+    sweep trial process paid in its first evaluation. ``tests/test_metrics_sklearn.py`` pins the
+    values to scikit-learn's."""
+    y, p = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    if y.shape != p.shape:
+        raise ValueError(f"f1_score: y_true has {y.size} entries, y_pred {p.size}")
+    if average not in (None, "macro", "weighted"):
+        raise ValueError(f"f1_score: average must be None, 'macro' or 'weighted', got {average!r}")
+    classes = np.asarray(labels) if labels is not None else np.union1d(y, p)
+    yt = y[:, None] == classes[None, :]
+    yp = p[:, None] == classes[None, :]
+    tp = (yt & yp).sum(0).astype(np.float64)
+    true, pred = yt.sum(0), yp.sum(0)
+    denom = (true + pred).astype(np.float64)
+    f = np.divide(2.0 * tp, denom, out=np.full(len(classes), float(zero_division)),
+                  where=denom > 0)
+    if average is None:
+        return f
+    if average == "macro":
+        return float(np.average(f)) if len(f) else float(zero_division)
+    return float(np.average(f, weights=true)) if true.sum() > 0 else float(zero_division)
 
 
 def classification_metrics(labels: np.ndarray, preds: np.ndarray, num_classes: int,
