@@ -222,6 +222,47 @@ def test_fused_kernels_equal_modules(tiny, mods, missing, idx, switch, assert_tw
     assert_twins_agree(*grads)
 
 
+def test_fused_build_has_pygs_parameters_without_pyg(tiny):
+    """kernels="fused" holds RGCNConv / TransformerConv's parameters in merc.models.pyg_layout: the
+    same names, order and values as PyG's modules for the same seed (so checkpoints, optimizer
+    state and the random stream after the build are unchanged), and its module path runs PyG."""
+    data, batch = _batch(tiny, "ATV", idx=(0, 1, 2, 3))
+    models, after = [], []
+    for kernels in ("modules", "fused"):
+        torch.manual_seed(7)
+        models.append(build_model("corect", CorectConfig(**(SMALL | dict(kernels=kernels,
+                                                                          dropout=0.0))),
+                                  data.meta))
+        after.append(torch.rand(4))
+    ref, fused = models
+    assert type(fused.rgcn).__module__ == "merc.models.pyg_layout"
+    assert type(ref.rgcn).__module__.startswith("torch_geometric")
+    assert [n for n, _ in ref.named_parameters()] == [n for n, _ in fused.named_parameters()]
+    for (n, p), q in zip(ref.named_parameters(), fused.parameters()):
+        assert torch.equal(p, q), n
+    assert torch.equal(*after)
+    from merc.models.kernels import module_path
+    ref.eval(), fused.eval()
+    with module_path():          # the fused model's own module path: PyG's forward, its weights
+        assert torch.equal(ref(batch).logits, fused(batch).logits)
+
+
+def test_fused_fit_does_not_import_pyg(tiny):
+    code = ("import sys; from merc.train import fit, resolve_config; "
+            "from merc.data.dataset import MercData; "
+            f"t, m = resolve_config('corect', {{**{SMALL!r}, 'epochs': 1, 'batch_size': 4, "
+            "'threads': 1}, 'iemocap6'); "
+            f"fit('corect', MercData({str(tiny)!r}, t.modalities), t, m); "
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in "
+            "('torch_geometric', 'sklearn', 'scipy')))")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_fused_kernels_padding_invariant(tiny):
     data, batch = _batch(tiny, "ATV", idx=(2,))
     _, big = _batch(tiny, "ATV", idx=(2, 3, 5))

@@ -1,6 +1,7 @@
 """A sweep's driver validates a CORECT spec without importing PyG, and the local Ray it starts
-has every worker import what a trial imports (the trainable, the model module, PyG) as it
-starts (merc.sweep.runner._Sweep.worker_preload), so that the first trials do not wait for it."""
+has every worker import what a trial imports (the trainable, the model module; PyG for the models
+that build PyG modules, not CORECT's default fused path) as it starts
+(merc.sweep.runner._Sweep.worker_preload), so that the first trials do not wait for it."""
 from __future__ import annotations
 
 import json
@@ -54,8 +55,9 @@ def test_driver_skips_pyg_and_ray_workers_preload_the_trial_imports(tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     # the driver built and checked the CORECT config (model module imported), PyG was not needed
     assert got["driver"] == ["merc.models.corect"]
-    assert got["preload"] == ["merc.sweep.trainable", "merc.models.corect", "torch_geometric.nn"]
-    assert got["worker"] == ["merc.models.corect", "merc.sweep.trainable", "torch_geometric.nn"]
+    # CORECT's fused path holds PyG's parameters without PyG (merc.models.pyg_layout)
+    assert got["preload"] == ["merc.sweep.trainable", "merc.models.corect"]
+    assert got["worker"] == ["merc.models.corect", "merc.sweep.trainable"]
 
 
 def test_no_preload_when_prestarted_workers_would_idle(tmp_path):

@@ -15,8 +15,10 @@ MODULES = {"corect": "merc.models.corect", "dialoguegcn": "merc.models.backbones
            "mmdfn": "merc.models.backbones.mmdfn", "multidag": "merc.models.multidag",
            "ada2i": "merc.models.ada2i", "micga": "merc.models.micga"}
 #: what building a model imports beyond its module: PyG, imported when the model is built so that
-#: validating a config (a sweep's driver) does not pay for it; a sweep's Ray workers preload it
-BUILD_IMPORTS = {"corect": ("torch_geometric.nn",), "micga": ("torch_geometric.nn",)}
+#: validating a config (a sweep's driver) does not pay for it; a sweep's Ray workers preload it.
+#: (CORECT builds PyG's modules only for ``kernels="modules"``; its default fused path holds their
+#: parameters in :mod:`merc.models.pyg_layout`, without PyG.)
+BUILD_IMPORTS = {"micga": ("torch_geometric.nn",)}
 
 
 def _load_all() -> None:

@@ -245,9 +245,13 @@ class Corect(MercModel):
         self.speaker = nn.Embedding(max(meta.num_speakers, 1), h) if cfg.use_speaker else None
         feat = 0
         if cfg.use_rtgcn:
-            # PyG is imported here, not with the module: a sweep's driver validates CORECT configs
-            # without it (importing torch_geometric costs ~3.5 s of the sweep's start)
-            from torch_geometric.nn import RGCNConv, TransformerConv
+            if cfg.kernels == "fused":
+                # PyG's parameter layout and initialisation without importing PyG (~3 CPU-s per
+                # sweep trial process); the fused kernels read the parameters directly
+                from merc.models.pyg_layout import RGCNParams as RGCNConv
+                from merc.models.pyg_layout import TransformerConvParams as TransformerConv
+            else:
+                from torch_geometric.nn import RGCNConv, TransformerConv
             self.num_relations = num_relations(M, cfg.use_multi_relations,
                                                cfg.use_temporal_relations)
             # Eq. (7): RGCN, mean aggregation per relation + root weight W_0
