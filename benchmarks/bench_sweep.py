@@ -589,6 +589,16 @@ def _slot_starts(sweep_dir: Path, mlflow_db: Path) -> list[float]:
     return sorted(first.values())
 
 
+def _workers_started() -> Optional[int]:
+    """Worker processes the last local Ray started (its raylet log; this benchmark's runs are
+    the only Ray sessions while it runs)."""
+    log = Path("/tmp/ray/session_latest/logs/raylet.out")
+    try:
+        return log.read_text(errors="replace").count("Started worker process")
+    except OSError:
+        return None
+
+
 def _timed_cli(out_json: str, script: str, argv: list[str]) -> None:
     """Subprocess side: run a sweep script's main under DriverTimers (runner steps only), write
     phases to JSON, and leave the process the way that code's ``sweeps/<model>.py`` does
@@ -648,6 +658,7 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
     fit = ph["phases"].get("runner.run_stage", 0.0)
     first, last = min(s["start"] for s in spans), max(s["end"] for s in spans)
     slot0 = _slot_starts(work / "ray_results" / "bench", work / "mlflow.db")
+    started = _workers_started()
     _cleanup(work)
     shutil.rmtree(work / "ray_results", ignore_errors=True)
     return {"label": label, "merc": ph["merc"], "trials": len(spans), "wall_s": wall,
@@ -663,6 +674,8 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
             "phases_s": {k: round(v, 2) for k, v in ph["phases"].items()
                          if k.startswith("runner.")},
             "workers": len({s["pid"] for s in spans}),
+            # every Python worker the run's Ray started (prestarted and replacements included)
+            "workers_started": started,
             # how long after the first slot the last slot's first trial started (Tune staged one
             # trial at a time before session 4: an actor start-up)
             "slot_stagger_s": slot0[-1] - slot0[0] if len(slot0) > 1 else None,
@@ -710,7 +723,8 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
              f"{r['trials_span_s']:.1f} (x{r['ratio_trials_span']:.2f})",
              "-" if r.get("slot_stagger_s") is None else f"{r['slot_stagger_s']:.1f}",
              f"{r['ray_start_s']:.1f}",
-             r["workers"], f"{r['trials_per_hour']:.0f}", f"{r['cpu_s']:.0f}",
+             f"{r['workers']} ({r.get('workers_started', '?')})",
+             f"{r['trials_per_hour']:.0f}", f"{r['cpu_s']:.0f}",
              f"{r['trials_per_cpu_hour']:.0f}", str(r["load_average"]["start"])] for r in runs]
     return {"description": "quick study + quick search on a local 2-CPU Ray, before/after",
             "setup": {"before": before, "reps": reps, "search_samples": samples, "slots": 2,
@@ -721,7 +735,7 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
                                     "target s", "start..first trial / last trial..exit s",
                                     "Tune fit s (x ideal)", "first start..last end "
                                     "(x ideal)", "2nd slot's first trial after the 1st s",
-                                    "Ray start s", "worker procs", "trials/h",
+                                    "Ray start s", "worker procs (started)", "trials/h",
                                     "CPU s", "trials/CPU-h", "load"], "rows": rows}],
             "load_average": {"start": la0, "end": load_average()}}
 

@@ -305,6 +305,20 @@ def plain_trial_actors(active: bool):
         env.update(saved)
 
 
+def worker_system_config(preload: list[str]) -> Optional[dict]:
+    """Ray settings for a local Ray whose prestarted workers import ``preload`` as they start.
+
+    Ray kills a worker that stays idle for 1 s beyond its soft limit, and a worker still
+    importing the trial's modules counts as idle: on a busy driver (a search: Optuna's study and
+    first suggestions before the first actor is requested) Ray killed both prestarted workers
+    ~2 s after starting them, then started two more for the trial actors, which imported
+    everything again (1 of 3 to 3 of 3 quick searches). Idle workers live for the sweep's
+    duration instead (Ray itself is stopped with it)."""
+    if not preload:
+        return None
+    return {"preload_python_modules": preload, "idle_worker_killing_time_threshold_ms": 600_000}
+
+
 class _DropMessage(logging.Filter):
     def __init__(self, text: str):
         super().__init__()
@@ -549,8 +563,7 @@ class _Sweep:
                       include_dashboard=False)
             preload = self.worker_preload()
             try:
-                ray.init(**kw, _system_config={"preload_python_modules": preload}
-                         if preload else None)
+                ray.init(**kw, _system_config=worker_system_config(preload))
             except ValueError as err:
                 # RAY_ADDRESS, or a `ray start` instance on this machine: ray.init joins that
                 # cluster, whose workers are its own (Ray refuses a _system_config there)

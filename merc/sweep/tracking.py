@@ -12,6 +12,13 @@ not Ray's ``MLflowLoggerCallback`` (which has no state and duplicates runs on ``
   ``merc.reason``;
 * the last checkpoint's ``model.pt`` (state dict + JSON config) becomes the child's ``model/``
   artifact for completed trials, which ``merc best`` registers.
+
+The hooks hand their MLflow calls, in order, to one writer thread and return: Tune holds every
+trial's training thread in ``tune.report`` until its loop has run the result's callbacks, so a
+synchronous ``log_batch`` (~15 ms on a sqlite store, more on a busy driver) stalled each trial
+once per epoch (issue 13). The writer is still the only thread that writes; the state Tune
+snapshots (``get_state``) and the end of the experiment wait for it, and its first error is
+raised in the Tune loop at the next hook.
 """
 from __future__ import annotations
 
@@ -20,7 +27,10 @@ import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -271,11 +281,53 @@ class MercMLflowCallback(Callback):
         self._t0: Optional[float] = None
         self._n0 = 0
         self._client: Optional[MlflowClient] = None
+        self._queue: Optional[queue.Queue] = None
+        self._error: Optional[BaseException] = None
 
     def __getstate__(self):
         d = dict(self.__dict__)
-        d["_client"] = None
+        d["_client"] = d["_queue"] = d["_error"] = None
         return d
+
+    # ---- the writer thread --------------------------------------------------------------------
+    def _submit(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the writer thread, after everything submitted before it."""
+        self._raise_pending()
+        if self._queue is None:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._drain, args=(self._queue,), name="merc-mlflow",
+                             daemon=True).start()
+        self._queue.put((fn, args))
+
+    def _drain(self, q: queue.Queue) -> None:
+        while True:
+            fn, args = q.get()
+            try:
+                if self._error is None:      # after an error, skip until the Tune loop saw it
+                    fn(*args)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the Tune loop
+                self._error = err
+            finally:
+                q.task_done()
+
+    def flush(self) -> None:
+        """Wait until every submitted MLflow call ran; raise the first that failed."""
+        if self._queue is not None:
+            self._queue.join()
+        self._raise_pending()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    @staticmethod
+    def _snapshot(trial) -> types.SimpleNamespace:
+        """What the hooks read of a trial, as it is now (Tune keeps changing the object)."""
+        return types.SimpleNamespace(trial_id=trial.trial_id, config=trial.config,
+                                     last_result=dict(trial.last_result or {}),
+                                     checkpoint=trial.checkpoint,
+                                     num_failures=getattr(trial, "num_failures", 0))
 
     @property
     def client(self) -> MlflowClient:
@@ -285,6 +337,7 @@ class MercMLflowCallback(Callback):
 
     # ---- state (saved with the experiment snapshot) ------------------------------------------
     def get_state(self) -> dict:
+        self.flush()
         return {"runs": dict(self._runs), "steps": dict(self._steps), "done": sorted(self._done)}
 
     def set_state(self, state: dict) -> None:
@@ -392,6 +445,9 @@ class MercMLflowCallback(Callback):
 
     # ---- Tune hooks ---------------------------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._submit(self._start, self._snapshot(trial))
+
+    def _start(self, trial) -> None:
         self.run_for(trial)
         if trial.trial_id not in self._started:
             self._started.add(trial.trial_id)
@@ -399,8 +455,10 @@ class MercMLflowCallback(Callback):
                 self._say(f"start  {self._run_name(trial)[:60]}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "merc_status" in result:
-            return
+        if "merc_status" not in result:
+            self._submit(self._result, self._snapshot(trial), dict(result))
+
+    def _result(self, trial, result: dict) -> None:
         rid = self.run_for(trial)
         if trial.trial_id in self._done:
             return
@@ -498,10 +556,13 @@ class MercMLflowCallback(Callback):
             log.warning("trial %s: could not log model artifact: %s", trial.trial_id, err)
 
     def on_experiment_end(self, trials, **info):
+        self._submit(self._experiment_end, {t.trial_id for t in trials})
+        self.flush()
+
+    def _experiment_end(self, known: set) -> None:
         """Runs of trials the restored experiment never knew (started by a killed driver after
         its last snapshot; a search re-samples instead) are closed and soft-deleted, so the
         sweep keeps one child per trial."""
-        known = {t.trial_id for t in trials}
         try:
             runs = find_runs(self.client, self.experiment_id,
                              f"tags.`merc.sweep_id` = '{self.sweep_id}' and "
@@ -518,19 +579,22 @@ class MercMLflowCallback(Callback):
                 self.client.delete_run(r.info.run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._finish(trial, None)
+        self._submit(self._finish, self._snapshot(trial), None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._finish(trial, _error_line(trial))
+        self._submit(self._finish, self._snapshot(trial), _error_line(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
+        self._submit(self._recover, self._snapshot(trial), _error_line(trial))
+
+    def _recover(self, trial, error: str) -> None:
         """A failed trial Ray retries (``--retries``, e.g. a killed worker): its run says which
         attempt is running and why the last one failed."""
         try:
             rid = self.run_for(trial)
             self.client.log_batch(rid, tags=[
                 RunTag("merc.attempts", str(_attempts(trial, failed=False))),
-                RunTag("merc.last_failure", _error_line(trial)[:5000])])
+                RunTag("merc.last_failure", error[:5000])])
         except Exception as err:  # never let tracking kill the sweep
             log.warning("trial %s: could not tag the retry: %s", trial.trial_id, err)
 
