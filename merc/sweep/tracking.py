@@ -33,6 +33,7 @@ import time
 import types
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 from typing import Any, Optional
 
@@ -256,6 +257,17 @@ def run_name(point: Optional[str], seed: Any, *, study: str = "", stage: str = "
     return (f"{name} · {tail}" if tail else name)[:240]
 
 
+#: callbacks whose writer thread has started (flush_writers waits for them)
+_WRITERS: "weakref.WeakSet[MercMLflowCallback]" = weakref.WeakSet()
+
+
+def flush_writers() -> None:
+    """Wait until every MLflow callback of this process has written what it was handed (after
+    ``Tuner.fit`` returns, also when Tune ended without ``on_experiment_end``, e.g. Ctrl-C)."""
+    for cb in list(_WRITERS):
+        cb.flush()
+
+
 class MercMLflowCallback(Callback):
     """Driver-side, restore-safe MLflow logging (see module doc)."""
 
@@ -297,6 +309,7 @@ class MercMLflowCallback(Callback):
             self._queue = queue.Queue()
             threading.Thread(target=self._drain, args=(self._queue,), name="merc-mlflow",
                              daemon=True).start()
+            _WRITERS.add(self)
         self._queue.put((fn, args))
 
     def _drain(self, q: queue.Queue) -> None:
