@@ -702,7 +702,10 @@ def run_throughput(ctx: Context, before: Optional[str] = None, reps: int = 1,
              # the quick study with trials of the size issue 13 measured (8 trials, 144 s of trial
              # time: ~18 s each; quick-study trials are now ~3x shorter, so the sweep's fixed
              # start weighs 3x more against the 15% allowance)
-             "study-long": ["--study", "window", "--quick", "--epochs", "30"]}
+             "study-long": ["--study", "window", "--quick", "--epochs", "30"],
+             # the 32-trial quick search with trials of that size (the median pruner stops many)
+             "search-long": ["--search", "--quick", "--num-samples", str(samples),
+                             "--epochs", "30"]}
     loads = {k: v for k, v in loads.items() if k in workloads}
     runs = []
     for rep in range(reps):
