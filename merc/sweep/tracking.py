@@ -335,11 +335,17 @@ class MercMLflowCallback(Callback):
             raise err
 
     @staticmethod
-    def _snapshot(trial) -> types.SimpleNamespace:
-        """What the hooks read of a trial, as it is now (Tune keeps changing the object)."""
+    def _snapshot(trial, ended: bool = False) -> types.SimpleNamespace:
+        """What the hooks read of a trial, as it is now (Tune keeps changing the object); the
+        checkpoint only when the trial ``ended`` (its model artifact)."""
+        ck = None
+        if ended:
+            try:
+                ck = trial.checkpoint
+            except Exception as err:  # noqa: BLE001 - no model artifact, the run is still closed
+                log.warning("trial %s: no checkpoint to log: %s", trial.trial_id, err)
         return types.SimpleNamespace(trial_id=trial.trial_id, config=trial.config,
-                                     last_result=dict(trial.last_result or {}),
-                                     checkpoint=trial.checkpoint,
+                                     last_result=dict(trial.last_result or {}), checkpoint=ck,
                                      num_failures=getattr(trial, "num_failures", 0))
 
     @property
@@ -592,10 +598,10 @@ class MercMLflowCallback(Callback):
                 self.client.delete_run(r.info.run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._submit(self._finish, self._snapshot(trial), None)
+        self._submit(self._finish, self._snapshot(trial, ended=True), None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._submit(self._finish, self._snapshot(trial), _error_line(trial))
+        self._submit(self._finish, self._snapshot(trial, ended=True), _error_line(trial))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._submit(self._recover, self._snapshot(trial), _error_line(trial))
