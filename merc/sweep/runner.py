@@ -254,11 +254,11 @@ def _prefetch_reporting(search: bool = False) -> None:
             matplotlib.use("Agg")
             import matplotlib.pyplot  # noqa: F401
             import merc.sweep.report  # noqa: F401
-            if not search:
-                import scipy.stats  # noqa: F401
             if search:
                 import optuna.importance  # noqa: F401
                 import optuna.visualization.matplotlib  # noqa: F401
+            else:
+                import scipy.stats  # noqa: F401
         except Exception:  # noqa: BLE001 - imported again (and reported) where it is used
             pass
     threading.Thread(target=load, name="merc-prefetch", daemon=True).start()
@@ -311,11 +311,11 @@ def plain_trial_actors(active: bool):
 def worker_system_config(preload: list[str]) -> Optional[dict]:
     """Ray settings for a local Ray whose prestarted workers import ``preload`` as they start.
 
-    Ray kills a worker that stays idle for 1 s beyond its soft limit, and a worker still
-    importing the trial's modules counts as idle: on a busy driver (a search: Optuna's study and
-    first suggestions before the first actor is requested) Ray killed both prestarted workers
-    ~2 s after starting them, then started two more for the trial actors, which imported
-    everything again (1 of 3 to 3 of 3 quick searches). Idle workers live for the sweep's
+    Ray kills workers it has counted idle for more than ``idle_worker_killing_time_threshold_ms``
+    (1 s), and a worker still importing the trial's modules counts as idle: on a busy driver (a
+    search) Ray killed both prestarted workers ~2 s after starting them ("idle for a long time"
+    in their logs), then started one or two more for the trial actors, which imported
+    everything again (5 of 8 quick searches; none of 9 since). Idle workers live for the sweep's
     duration instead (Ray itself is stopped with it)."""
     if not preload:
         return None
