@@ -775,8 +775,8 @@ if __name__ == "__main__":
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--out", help="write the section as JSON here")
     ap.add_argument("--workloads", default="study,search",
-                    help="comma-separated: study, search, study-long (the quick study at 30 "
-                         "epochs: trials of the size issue 13 measured)")
+                    help="comma-separated: study, search, study-long, search-long (the quick "
+                         "study / search at 30 epochs: trials of the size issue 13 measured)")
     a = ap.parse_args()
     from benchmarks.common import Context as _C
     res = run_throughput(_C(quick=True, out_dir=Path(".")), a.before, a.reps, a.samples,

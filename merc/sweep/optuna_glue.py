@@ -57,6 +57,11 @@ def make_pruner(cfg: dict) -> optuna.pruners.BasePruner:
     return getattr(optuna.pruners, PRUNERS[t])(**args)
 
 
+def direction(mode: str) -> str:
+    """Optuna's study direction for a spec's ``mode`` ("max" / "min")."""
+    return "maximize" if mode == "max" else "minimize"
+
+
 def open_study(storage_url: str, study_name: str, direction: str = "maximize",
                sampler: Optional[dict] = None, pruner: Optional[dict] = None) -> optuna.Study:
     """The driver's one handle on a persistent study (cached per process, created if absent)."""
@@ -128,7 +133,7 @@ class OptunaSearcher(JsonStateMixin, Searcher):
         self.pruner_cfg = pruner
         self.epochs = epochs
         self.start_points = list(start_points or [])
-        self.direction = "maximize" if mode == "max" else "minimize"
+        self.direction = direction(mode)
         self._ids: dict[str, int] = {}
         self._enqueued = False
 
@@ -227,7 +232,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         if o is None or "merc_status" in result or self._metric not in result:
             return TrialScheduler.CONTINUE
         study = open_study(self.storage_url, self.study_name,
-                           "maximize" if self._mode == "max" else "minimize",
+                           direction(self._mode),
                            self.sampler_cfg, self.pruner_cfg)
         ft = frozen(study, o["number"])
         if ft.state == TrialState.PRUNED:

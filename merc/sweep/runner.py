@@ -480,10 +480,9 @@ class _Sweep:
         """Create (or open) the search's Optuna study while Ray is still starting: its RDB
         tables and sampler cost ~0.6-0.8 s, which the first trial actors otherwise wait for in
         the searcher's first suggestion."""
-        from merc.sweep.optuna_glue import open_study
+        from merc.sweep.optuna_glue import direction, open_study
         s = self.spec.search
-        open_study(self.optuna_url, self.name, "maximize" if self.spec.mode == "max" else
-                   "minimize", s.sampler, s.pruner)
+        open_study(self.optuna_url, self.name, direction(self.spec.mode), s.sampler, s.pruner)
 
     def start_ray_background(self) -> None:
         """:meth:`start_ray` in a thread (``ray.init`` mostly waits for the GCS, the raylet and
@@ -586,13 +585,13 @@ class _Sweep:
 
     def worker_preload(self) -> list[str]:
         """What a trial imports (the trainable, torch, Ray Tune, the study's model modules and
-        PyG), for this sweep's local Ray to import into every worker as it starts: the workers
+        what building them imports: ``BUILD_IMPORTS``), for this sweep's local Ray to import into every worker as it starts: the workers
         Ray prestarts then import while the driver sets up MLflow, not after the Tuner placed the
         first trials on them (~4 s per slot before the first epoch). Best effort: a module that
         fails to import here is imported (and fails) again in the trial.
 
         Nothing when some prestarted workers would idle: Ray prestarts one worker per CPU, and an
-        idle worker holding torch and PyG costs ~400 MB (e.g. 4-CPU trials on a 64-CPU machine).
+        idle worker holding torch (and PyG) costs ~400 MB (e.g. 4-CPU trials on a 64-CPU machine).
         """
         o = self.o
         ncpu = o.num_cpus or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
@@ -844,8 +843,9 @@ class _Sweep:
                     f"errored (excluded). Top configurations by selected {self.spec.metric}:", ""]
         if len(tab):
             md_lines.append(to_markdown(tab))
+        from merc.sweep.optuna_glue import direction
         paths, imp, ev = plot_search(self.optuna_url, self.name, out / "plots",
-                                     "maximize" if self.spec.mode == "max" else "minimize")
+                                     direction(self.spec.mode))
         if imp:
             md_lines += ["", f"Parameter importance ({ev}, complete trials only): " +
                          ", ".join(f"{k} {v:.2f}" for k, v in imp.items())]
