@@ -13,53 +13,19 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pydantic import Field, SerializeAsAny, field_validator
 
-from merc.config import ConfigError, ModelConfig, StrictConfig, build_config, route_flat
+from merc.config import ModelConfig
+from merc.configs.train import TrainConfig, resolve_config  # noqa: F401 (merc.train API)
 from merc.data.dataset import Batch, DialogueSplit, MercData
 from merc.metrics import classification_metrics
 from merc.models import build_model, get_entry
-from merc.strategies import Strategy, build_strategy, strategy_config_cls, strategy_keys
-
-
-class TrainConfig(StrictConfig):
-    """Optimisation, data transforms and reproducibility keys shared by every model."""
-
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    optimizer: Literal["adam", "adamw"] = "adam"
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(10, ge=1)
-    clip_grad_norm: Optional[float] = None
-    scheduler: Literal["none", "plateau", "cosine"] = "none"
-    early_stopping: int = 0          # patience in epochs on val w-F1; 0 = off
-    class_weights: bool = False      # inverse train-split frequency in the loss
-    seed: int = 0
-    threads: int = 0                 # torch intra-op threads; 0 = leave as is
-    device: str = "cpu"
-    modalities: str = "ATV"          # any of A, T, V, AT, AV, TV, ATV
-    missing_rate: float = 0.0        # rho of the missing-modality protocol
-    missing_redraw: bool = False     # redraw the train mask per batch (GCNet) instead of fixed
-    strategy: str = "none"           # a registered training strategy (merc.strategies)
-    strategy_config: Optional[SerializeAsAny[StrictConfig]] = None  # its typed keys, routed flat
-
-    @field_validator("modalities")
-    @classmethod
-    def _modalities(cls, v: str) -> str:
-        """A subset of A, T, V (``XYZ`` is refused here, not when the data is opened)."""
-        from merc.data.transforms import SUBSETS
-        key = "".join(sorted(set(v.upper()), key="ATV".index)) if set(v.upper()) <= set("ATV") \
-            else None
-        if not v or key not in SUBSETS or len(key) != len(v):
-            raise ValueError(f"expected one of {', '.join(SUBSETS)} (letters of audio, text, "
-                             f"visual)")
-        return v
+from merc.strategies import Strategy, build_strategy
 
 
 @dataclass
@@ -76,28 +42,6 @@ class FitResult:
     @property
     def selected(self) -> dict[str, float]:
         return {f"sel_{k}": v for k, v in self.best.items()} | {"sel_epoch": self.best_epoch}
-
-
-def resolve_config(model: str, flat: dict[str, Any], family: str = "iemocap6",
-                   source: str = "overrides") -> tuple[TrainConfig, ModelConfig]:
-    """Paper defaults of ``model`` for the dataset family, then ``flat`` overrides, validated."""
-    entry = get_entry(model)
-    base = entry.config_cls.paper_defaults(family)
-    strategy = str(flat.get("strategy", flat.get("train.strategy", base.get("strategy", "none"))))
-    try:
-        scls = strategy_config_cls(strategy)
-    except KeyError as err:
-        raise ConfigError(f"{source}: {err.args[0]}") from None
-    sections = {"train": TrainConfig, "model": entry.config_cls, "strategy": scls}
-    # a paper default of another strategy (e.g. Ada2I's alpha under --set strategy=none) is
-    # inactive for this run and dropped; an override that sets one is still an error
-    inactive = strategy_keys(exclude=strategy) - set(scls.model_fields)
-    base = {k: v for k, v in base.items() if k.rpartition(".")[2] not in inactive}
-    r0 = route_flat(base, sections, f"{model} paper defaults")
-    r1 = route_flat(flat, sections, source)
-    train = build_config(TrainConfig, r0["train"] | r1["train"], source)
-    train.strategy_config = build_config(scls, r0["strategy"] | r1["strategy"], source)
-    return train, build_config(entry.config_cls, r0["model"] | r1["model"], source)
 
 
 def seed_everything(seed: int) -> None:

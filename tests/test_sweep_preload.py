@@ -1,6 +1,6 @@
-"""A sweep's driver validates a CORECT spec without importing PyG, and the local Ray it starts
-has every worker import what a trial imports (the trainable, the model module; PyG for the models
-that build PyG modules, not CORECT's default fused path) as it starts
+"""A sweep's driver validates a CORECT spec without importing torch (merc.configs), and the local
+Ray it starts has every worker import what a trial imports (the trainable, the model module; PyG
+for the models that build PyG modules, not CORECT's default fused path) as it starts
 (merc.sweep.runner._Sweep.worker_preload), so that the first trials do not wait for it."""
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ s = _Sweep(options_from(spec=sys.argv[1], study="s", num_cpus=1, storage=sys.arg
                         mlflow_uri="sqlite:///" + sys.argv[2] + "/m.db",
                         print_fn=lambda *a, **k: None))
 s.prepare()
-driver = sorted(m for m in ("torch_geometric", "merc.models.corect") if m in sys.modules)
+driver = sorted(m for m in ("torch", "torch_geometric", "merc.models.corect") if m in sys.modules)
 preload = s.worker_preload()
 s.start_ray()
 
@@ -44,7 +44,7 @@ ray.shutdown()
 """
 
 
-def test_driver_skips_pyg_and_ray_workers_preload_the_trial_imports(tmp_path):
+def test_driver_skips_torch_and_ray_workers_preload_the_trial_imports(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(textwrap.dedent(SPEC))
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
@@ -53,8 +53,9 @@ def test_driver_skips_pyg_and_ray_workers_preload_the_trial_imports(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
-    # the driver built and checked the CORECT config (model module imported), PyG was not needed
-    assert got["driver"] == ["merc.models.corect"]
+    # the driver resolved and checked every trial's CORECT config without torch, PyG or the
+    # model module (merc.configs holds the configs)
+    assert got["driver"] == []
     # CORECT's fused path holds PyG's parameters without PyG (merc.models.pyg_layout)
     assert got["preload"] == ["merc.sweep.trainable", "merc.models.corect"]
     assert got["worker"] == ["merc.models.corect", "merc.sweep.trainable"]

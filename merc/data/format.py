@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 MODALITIES = ("audio", "text", "visual")  # canonical order; letters A, T, V
 LETTER_TO_MODALITY = {"A": "audio", "T": "text", "V": "visual"}
+#: the modality subsets a run may use (``modalities``)
+SUBSETS = ("A", "T", "V", "AT", "AV", "TV", "ATV")
 MODALITY_TO_LETTER = {v: k for k, v in LETTER_TO_MODALITY.items()}
 SPLITS = ("train", "valid", "test")
 IGNORE_INDEX = -100

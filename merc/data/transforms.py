@@ -16,9 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from merc.data.format import LETTER_TO_MODALITY, MODALITIES
-
-SUBSETS = ("A", "T", "V", "AT", "AV", "TV", "ATV")
+from merc.data.format import LETTER_TO_MODALITY, MODALITIES, SUBSETS  # noqa: F401
 
 
 def parse_modalities(spec: str | Sequence[str]) -> tuple[str, ...]:

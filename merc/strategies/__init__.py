@@ -1,7 +1,8 @@
 """Training plug-ins (curricula, self-paced learning, gradient modulation) and their registry.
 
-A strategy registers with a typed config class; its keys share the flat namespace of
-``merc train --set`` and the sweep specs (``strategy=spcl spcl_epsilon=0.8``).
+A strategy registers with a typed config class (defined in :mod:`merc.configs.strategies`, which
+imports no torch); its keys share the flat namespace of ``merc train --set`` and the sweep specs
+(``strategy=spcl spcl_epsilon=0.8``).
 """
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ import importlib
 from typing import Optional
 
 from merc.config import StrictConfig
+from merc.configs import strategy_config_cls, strategy_keys
+from merc.configs.strategies import NoConfig
 from merc.strategies.base import Strategy
-
-
-class NoConfig(StrictConfig):
-    """The plain loop has no strategy keys."""
 
 
 STRATEGIES: dict[str, tuple[type[Strategy], type[StrictConfig]]] = {"none": (Strategy, NoConfig)}
@@ -37,20 +36,6 @@ def _load_all() -> None:
         except ModuleNotFoundError as err:
             if err.name != mod:
                 raise
-
-
-def strategy_keys(exclude: str = "none") -> set[str]:
-    """Every key of every registered strategy except ``exclude``'s (to drop inactive defaults)."""
-    _load_all()
-    return {k for n, (_, c) in STRATEGIES.items() if n != exclude for k in c.model_fields}
-
-
-def strategy_config_cls(name: str) -> type[StrictConfig]:
-    _load_all()
-    if name not in STRATEGIES:
-        raise KeyError(f"strategy: unknown strategy {name!r}; known: "
-                       f"{', '.join(sorted(STRATEGIES))}")
-    return STRATEGIES[name][1]
 
 
 def build_strategy(name: str, config: Optional[StrictConfig] = None) -> Strategy:

@@ -15,32 +15,17 @@ from dataclasses import replace
 from typing import Optional
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from merc.config import StrictConfig
+from merc.configs.strategies import WindowConfig
 from merc.data.dataset import Batch
 from merc.models.kernels import module_path
 from merc.strategies.base import Strategy
 
 #: backbones whose Output carries modality_logits
 LATE_FUSION = "dialoguegcn, biddin, mmgcn, mmdfn"
-
-
-class WindowConfig(StrictConfig):
-    """Epoch window of a plug-in (``<p>_start_epoch`` <= epoch < ``<p>_end_epoch``; None = end)."""
-
-    @model_validator(mode="after")
-    def _window(self):
-        fields = type(self).model_fields
-        start = next((k for k in fields if k.endswith("_start_epoch")), None)
-        end = next((k for k in fields if k.endswith("_end_epoch")), None)
-        if start and end and getattr(self, end) is not None \
-                and getattr(self, end) <= getattr(self, start):
-            raise ValueError(f"{end} must be greater than {start} "
-                             f"({getattr(self, end)} <= {getattr(self, start)})")
-        return self
 
 
 def model_name(model: nn.Module) -> str:

@@ -32,28 +32,16 @@ no modulation ran).
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
-from pydantic import Field
 
-from merc.config import StrictConfig
 from merc.data.dataset import Batch
+from merc.configs.strategies import Ada2IStrategyConfig
 from merc.strategies import register_strategy
 from merc.strategies._balance import discrepancy_ratios, modality_scores
 from merc.strategies._balance import modulation_coefficients as _coefficients
 from merc.strategies.base import Strategy
-
-
-class Ada2IStrategyConfig(StrictConfig):
-    """Keys of the ``ada2i`` strategy (prefixed ``ada2i_``)."""
-
-    ada2i_alpha: float = Field(0.037, ge=0.0)     # Eq. (18) alpha = Table 2 "eta" (IEMOCAP)
-    ada2i_modulate: bool = True                   # False: Table 5 "w/o training optimisation"
-    ada2i_noise: bool = True                      # Eq. (19) (released --normalize)
-    ada2i_start_epoch: int = Field(4, ge=1)       # released start_mod (1-based)
-    ada2i_end_epoch: Optional[int] = Field(None, ge=1)   # released end_mod; None = no end
-    ada2i_score: Literal["linear", "output"] = "linear"
 
 
 def discrepancy(logits: dict[str, torch.Tensor], labels: torch.Tensor

@@ -34,23 +34,14 @@ dialogues seen that epoch) and ``cl_difficulty`` (their mean DLF).
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
-from pydantic import Field
 
-from merc.config import StrictConfig
 from merc.data.dataset import DialogueSplit
+from merc.configs.strategies import BucketCLConfig
 from merc.strategies import register_strategy
 from merc.strategies.base import Strategy
-
-
-class BucketCLConfig(StrictConfig):
-    """Bucket-curriculum keys (prefixed ``cl_`` so they never collide with model or train keys)."""
-
-    cl_buckets: int = Field(5, ge=1)                    # k (Table 4: IEMOCAP 5, MELD 12)
-    cl_split: Literal["ceil", "even"] = "ceil"          # released: ceil(D / k) per bucket
-    cl_epochs_per_step: int = Field(1, ge=1)            # epochs before the next bucket joins
 
 
 def dialogue_difficulty(offsets: np.ndarray, speakers: np.ndarray, labels: np.ndarray

@@ -37,21 +37,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from merc.configs.strategies import FAGMConfig
 from merc.strategies import register_strategy
-from merc.strategies._balance import (ActivationRecorder, BalanceStrategy, Field, WindowConfig,
-                                      own_params, partition, without)
-
-
-class FAGMConfig(WindowConfig):
-    """FAGM keys."""
-
-    fagm_gamma: float = Field(0.5, gt=0.0)
-    fagm_beta: float = Field(1.0, gt=0.0, le=1.0)
-    fagm_tau: int = Field(1, ge=1)
-    fagm_temperature: float = Field(0.1, gt=0.0)
-    fagm_shared: bool = True
-    fagm_start_epoch: int = Field(0, ge=0)
-    fagm_end_epoch: Optional[int] = Field(None, ge=1)
+from merc.strategies._balance import (ActivationRecorder, BalanceStrategy, own_params, partition,
+                                      without)
 
 
 def iscores(scores: torch.Tensor, temperature: float, gamma: float) -> torch.Tensor:

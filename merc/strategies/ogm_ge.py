@@ -30,19 +30,10 @@ from typing import Optional
 
 import torch
 
+from merc.configs.strategies import OGMGEConfig
 from merc.strategies import register_strategy
-from merc.strategies._balance import (BalanceStrategy, Field, WindowConfig, discrepancy_ratios,
-                                      modality_scores, modulation_coefficients, own_params,
-                                      partition)
-
-
-class OGMGEConfig(WindowConfig):
-    """OGM-GE keys."""
-
-    ogm_alpha: float = Field(0.5, gt=0.0)
-    ogm_ge: bool = True
-    ogm_start_epoch: int = Field(0, ge=0)
-    ogm_end_epoch: Optional[int] = Field(50, ge=1)
+from merc.strategies._balance import (BalanceStrategy, discrepancy_ratios, modality_scores,
+                                      modulation_coefficients, own_params, partition)
 
 
 #: k^m = 1 - tanh(alpha rho^m) where rho^m > 1, else 1 (shared with Ada2I's Eq. (18))

@@ -25,22 +25,13 @@ Keys: ``opm_lambda`` (default 0.5), ``opm_start_epoch`` / ``opm_end_epoch``. Log
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
+from merc.configs.strategies import OPMConfig
 from merc.strategies import register_strategy
-from merc.strategies._balance import (BalanceStrategy, Field, WindowConfig, discrepancy_ratios,
-                                      modality_scores)
-
-
-class OPMConfig(WindowConfig):
-    """OPM keys."""
-
-    opm_lambda: float = Field(0.5, gt=0.0, le=1.0)
-    opm_start_epoch: int = Field(0, ge=0)
-    opm_end_epoch: Optional[int] = Field(None, ge=1)
+from merc.strategies._balance import BalanceStrategy, discrepancy_ratios, modality_scores
 
 
 def drop_probabilities(ratios: torch.Tensor, lam: float) -> torch.Tensor:

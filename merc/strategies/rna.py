@@ -24,21 +24,13 @@ the classification loss). Logged per epoch: ``rna_loss`` and ``rna_norm_<m>`` (m
 from __future__ import annotations
 
 import itertools
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 
+from merc.configs.strategies import RNAConfig
 from merc.strategies import register_strategy
-from merc.strategies._balance import BalanceStrategy, Field, WindowConfig
-
-
-class RNAConfig(WindowConfig):
-    """RNA loss keys."""
-
-    rna_weight: float = Field(1.0, ge=0.0)
-    rna_target: Literal["auto", "features", "logits"] = "auto"
-    rna_start_epoch: int = Field(0, ge=0)
-    rna_end_epoch: Optional[int] = Field(None, ge=1)
+from merc.strategies._balance import BalanceStrategy
 
 
 def mean_norms(feats: dict[str, torch.Tensor], keep: torch.Tensor) -> torch.Tensor:

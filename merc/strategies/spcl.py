@@ -65,14 +65,13 @@ Figs. 5 and 7).
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
-from merc.config import StrictConfig
 from merc.data.dataset import Batch
+from merc.configs.strategies import SPCLConfig
 from merc.strategies import register_strategy
 from merc.strategies.base import Strategy
 
@@ -85,24 +84,6 @@ RELEASED_PACING = {
     "meld": {"biddin": (0.75, 1.05), "dialoguegcn": (0.7, 1.25), "mmdfn": (0.2, 1.6),
              "mmgcn": (0.4, 1.25)},
 }
-
-
-class SPCLConfig(StrictConfig):
-    """SPCL keys (all prefixed ``spcl_`` so they never collide with model or train keys)."""
-
-    spcl_epsilon: float = Field(0.8, gt=0.0)        # lambda_0 (Table 2: [0.6, 1.2]; Table 6 0.8)
-    spcl_alpha: float = Field(1.1, gt=0.0)          # Eq. (8) growth (Table 2: [1.05, 1.4])
-    spcl_regularizer: Literal["hard", "linear", "logistic"] = "hard"
-    spcl_pacing: Literal["exponential", "cosine", "moving_average", "competence"] = "exponential"
-    spcl_difficulty: Literal["full", "without_utterance", "without_conversation"] = "full"
-    spcl_normalise: Literal["kept", "all"] = "kept"  # Eq. (11) / the released code's mean
-    spcl_std: Literal["sample", "population"] = "sample"
-    spcl_pacing_epochs: Optional[int] = Field(None, ge=1)  # T of Table 8; None = the run's epochs
-    spcl_lambda_max: Optional[float] = Field(None, gt=0.0)   # cosine lmax; None = eps * alpha^T
-    spcl_ma_momentum: float = Field(0.9, gt=0.0, lt=1.0)
-    spcl_ma_switch: Optional[int] = Field(None, ge=1)        # t0; None = T // 2
-    spcl_competence_c0: float = Field(0.01, gt=0.0, le=1.0)
-    spcl_lambda_cap: Optional[float] = Field(None, gt=0.0)   # released code: 60
 
 
 def regularizer_weights(rho: torch.Tensor, lam: float, kind: str) -> torch.Tensor:

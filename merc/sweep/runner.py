@@ -208,7 +208,7 @@ def full_flat(model: str, flat: dict, family: str, source: str) -> dict:
     """Every TrainConfig + model + strategy key, validated (the trial's complete, explicit,
     flat config: the strategy's keys are flat keys like on the command line)."""
     from merc.config import ConfigError
-    from merc.train import resolve_config
+    from merc.configs.train import resolve_config
     try:
         train, mcfg = resolve_config(model, flat, family, source=source)
     except ConfigError as err:

@@ -246,11 +246,10 @@ def _is_num(v: Any) -> bool:
 
 def _strategy_fields() -> dict[str, tuple[str, Any]]:
     """Every registered training strategy's keys: name -> (strategy, pydantic field)."""
-    from merc.strategies import STRATEGIES, _load_all
-    _load_all()
+    from merc.configs import STRATEGY_CONFIGS, strategy_config_cls
     out: dict[str, tuple[str, Any]] = {}
-    for sname, (_, cls) in STRATEGIES.items():
-        for f, info in cls.model_fields.items():
+    for sname in STRATEGY_CONFIGS:
+        for f, info in strategy_config_cls(sname).model_fields.items():
             out.setdefault(f, (sname, info))
     return out
 
@@ -264,9 +263,9 @@ def trial_strategy(model: str, flat: dict[str, Any], family: str = "iemocap6") -
     key ``strategy``, else the model's paper default, else none)."""
     if "strategy" in flat or "train.strategy" in flat:
         return str(flat.get("strategy", flat.get("train.strategy")))
-    from merc.models import get_entry
+    from merc.configs import model_config_cls
     try:
-        return str(get_entry(model).config_cls.paper_defaults(family).get("strategy", "none"))
+        return str(model_config_cls(model).paper_defaults(family).get("strategy", "none"))
     except Exception:
         return "none"
 
@@ -274,10 +273,9 @@ def trial_strategy(model: str, flat: dict[str, Any], family: str = "iemocap6") -
 def active_keys(model: str, flat: dict[str, Any]) -> set[str]:
     """The keys a trial of ``model`` uses with ``flat``: TrainConfig + the model's config + the
     selected strategy's config."""
-    from merc.models import get_entry
-    from merc.strategies import strategy_config_cls
-    from merc.train import TrainConfig
-    keys = set(TrainConfig.model_fields) | set(get_entry(model).config_cls.model_fields)
+    from merc.configs import model_config_cls, strategy_config_cls
+    from merc.configs.train import TrainConfig
+    keys = set(TrainConfig.model_fields) | set(model_config_cls(model).model_fields)
     try:
         keys |= set(strategy_config_cls(trial_strategy(model, flat)).model_fields)
     except KeyError:      # an unknown strategy: resolve_config reports it
@@ -314,27 +312,27 @@ class _Ctx:
     def __init__(self, path: str, model: str, models: Optional[list] = None):
         self.path = path
         self.model = model
-        from merc.models import get_entry
-        from merc.train import TrainConfig
+        from merc.configs import model_config_cls
+        from merc.configs.train import TrainConfig
         self.models = [model] + [m for m in (models or []) if m != model]
         self.entries = {}
         for i, m in enumerate(self.models):
             try:
-                self.entries[m] = get_entry(m)
+                self.entries[m] = model_config_cls(m)
             except KeyError as err:
                 raise SpecError(f"{path}: {'model' if i == 0 else 'models'}: {err.args[0]}") \
                     from None
         self.entry = self.entries[model]
         self.train_cls = TrainConfig
-        self.model_cls = self.entry.config_cls
+        self.model_cls = self.entry
         self.strategy_of = _strategy_fields()
         self.model_of: dict[str, str] = {}
         for m in self.models:
-            for f in self.entries[m].config_cls.model_fields:
+            for f in self.entries[m].model_fields:
                 self.model_of.setdefault(f, m)
         self.fields = {f: info for f, (_, info) in self.strategy_of.items()}
         for m in reversed(self.models):
-            self.fields.update(self.entries[m].config_cls.model_fields)
+            self.fields.update(self.entries[m].model_fields)
         self.fields.update(TrainConfig.model_fields)
         self.known = set(self.fields)
 
@@ -342,7 +340,7 @@ class _Ctx:
         return SpecError(f"{self.path}: {key_path}: {msg}")
 
     def _describe(self) -> str:
-        models = " + ".join(self.entries[m].config_cls.__name__ for m in self.models)
+        models = " + ".join(self.entries[m].__name__ for m in self.models)
         strategies = sorted({self.strategy_of[f][0] for f in self.strategy_of})
         return (f"model {self.model!r}" if len(self.models) == 1 else
                 f"models {', '.join(self.models)}") + \
@@ -381,7 +379,7 @@ class _Ctx:
                     model: Optional[str] = None) -> None:
         """Validate ``{key: value}`` against the typed configs (pydantic), naming the key path:
         a model key against a model that has it, a strategy key with its strategy selected."""
-        from merc.train import resolve_config
+        from merc.configs.train import resolve_config
         if key == MODEL_KEY:
             if value not in self.models:
                 raise self.err(key_path, f"invalid value {value!r}: not one of this spec's "
@@ -392,13 +390,13 @@ class _Ctx:
         m = model or self.model
         flat = {key: value}
         if name not in self.train_cls.model_fields:
-            if name not in self.entries[m].config_cls.model_fields:
+            if name not in self.entries[m].model_fields:
                 if name in self.model_of:
                     m = self.model_of[name]
                 elif name in self.strategy_of:
                     flat["strategy"] = self.strategy_of[name][0]
         try:
-            resolve_config(m, flat, family or _first_family(self.entries[m].config_cls),
+            resolve_config(m, flat, family or _first_family(self.entries[m]),
                            source="spec")
         except ConfigError as err:
             msg = str(err).split("spec: ", 1)[-1]
@@ -419,7 +417,7 @@ class _Ctx:
 
     def check_point(self, key_path: str, base: dict, values: dict, family: str) -> None:
         """Resolve one trial's full config (per point, per family) as the runner will."""
-        from merc.train import resolve_config
+        from merc.configs.train import resolve_config
         try:
             model, flat = split_point(self.model, base, values, self.known, "spec")
             resolve_config(model, flat, family, source="spec")
@@ -923,7 +921,7 @@ def load_fixed_config(path: str | Path) -> tuple[str, Optional[str], dict[str, A
         defaults = raw.get("defaults") or {}
         if defaults:
             flat = {**(next(iter(defaults.values())) or {}), **flat}
-    from merc.train import resolve_config
+    from merc.configs.train import resolve_config
     try:
         resolve_config(model, flat, raw.get("family") or "iemocap6", source=str(path))
     except KeyError as err:

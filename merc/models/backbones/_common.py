@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from merc.configs.backbones import RELEASED_FFN
 from merc.graphs import corect_graph, window_edges
 from merc.models.base import Output
 # re-exported for the backbones: one dropout and one bf16 context for every fused path
@@ -33,12 +34,6 @@ from merc.models.kernels import bf16_autocast, dropout, linear  # noqa: F401
 from merc.models.packed import Packing, encoder_packed
 
 EncoderKind = Literal["gru", "lstm", "transformer", "linear"]
-#: how the same network is computed (not a hyperparameter), as CORECT's ``kernels`` key:
-#: "fused" = the packed / batched paths of each backbone, "modules" = nn modules on padded batches
-Kernels = Literal["fused", "modules"]
-
-#: the released SPCL code's Transformer FFN width (``nn.TransformerEncoderLayer``'s default)
-RELEASED_FFN = 2048
 
 
 def released_heads(dim: int) -> int:

@@ -66,37 +66,15 @@ Choices (light):
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from merc.config import ModelConfig
+from merc.configs.backbones import BiDDINConfig
 from merc.data.dataset import Batch, DatasetMeta
-from typing import Literal
 
-from merc.models.backbones._common import (Kernels, SequenceEncoder, bf16_autocast,
-                                           late_fusion_output)
+from merc.models.backbones._common import SequenceEncoder, bf16_autocast, late_fusion_output
 from merc.models.backbones._dialoguernn import BiModelSingle, dialogue_rnns_fused
-from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
 from merc.models.base import MercModel, Output, register_model
 from merc.models.kernels import fused as use_fused
-
-
-class BiDDINConfig(ModelConfig):
-    """BiDDIN hyperparameters (late fusion per SPCL)."""
-
-    hidden_size: int = Field(200, ge=2)       # released: D_g (global state); light: BiGRU width
-    party_size: int = Field(150, ge=1)        # released D_p (SPCL hidden2_dim)
-    emotion_size: int = Field(100, ge=1)      # released D_e (SPCL hidden3_dim)
-    classifier_size: int = Field(100, ge=1)   # released D_h (SPCL hidden4_dim)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    encoder: Literal["released", "light"] = "released"      # SPCL copy / lighter structure
-    encoder_layers: int = Field(1, ge=1)      # light only
-    causal_attention: bool = False            # light only
-    # how the released network is computed (module docstring, "Speed"); not hyperparameters
-    kernels: Kernels = "fused"                # all chains batched per step; "modules": per chain
-    autocast_bf16: bool = False               # the utterance input projections in bf16 (opt-in)
-
-    PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
 
 @register_model("biddin", BiDDINConfig,

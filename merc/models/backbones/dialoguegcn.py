@@ -55,48 +55,20 @@ Pitfalls of the reference code turned into explicit choices:
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch_geometric.nn import GraphConv, RGCNConv
 from torch_geometric.utils import softmax
 
-from merc.config import ModelConfig
+from merc.configs.backbones import DialogueGCNConfig
 from merc.data.dataset import Batch, DatasetMeta
-from merc.models.backbones._common import (RELEASED_FFN, InputWidthTransformer, Kernels,
-                                           SequenceEncoder, bf16_autocast, cached_window_edges,
-                                           late_fusion_output, speaker_relation_types, to_padded)
+from merc.models.backbones._common import (InputWidthTransformer, SequenceEncoder, bf16_autocast,
+                                           cached_window_edges, late_fusion_output,
+                                           speaker_relation_types, to_padded)
 from merc.models.base import MercModel, Output, register_model
 from merc.models.kernels import fused as use_fused
 from merc.models.packed import Packing
-
-#: SPCL Table 2 / the SPCL launch defaults shared by the four backbones
-SPCL_IEMOCAP = {"lr": 2e-4, "optimizer": "adam", "batch_size": 16, "epochs": 50,
-                "clip_grad_norm": 2.0, "dropout": 0.5, "hidden_size": 200}
-SPCL_MELD = SPCL_IEMOCAP | {"batch_size": 32}
-
-
-class DialogueGCNConfig(ModelConfig):
-    """DialogueGCN branch hyperparameters (one branch per modality)."""
-
-    hidden_size: int = Field(200, ge=1)            # SPCL hidden_dim 200 (g)
-    hidden2_size: int = Field(150, ge=1)           # SPCL hidden2_dim 150 (graph / classifier)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    encoder: Literal["released", "light"] = "released"      # SPCL copy / lighter structure
-    context_encoder: Literal["gru", "transformer"] = "gru"   # light only: paper GRU / Transformer
-    encoder_layers: Optional[int] = Field(None, ge=1)      # None: 2 (released), 1 (light)
-    encoder_heads: Optional[int] = Field(None, ge=1)       # None: 1 (released trans_head), 4 (light)
-    encoder_ff: int = Field(RELEASED_FFN, ge=1)            # released encoders' FFN width
-    window_past: int = Field(2, ge=-1)             # SPCL wp=2 (original 10); -1 = unbounded
-    window_future: int = Field(2, ge=-1)           # SPCL wf=2 (original 10)
-    num_bases: int = Field(30, ge=1)               # RGCNConv(num_bases=30), original and SPCL
-    # how the same network is computed (module docstring, "Speed"); not hyperparameters
-    kernels: Kernels = "fused"                     # packed encoders; "modules": padded nn modules
-    autocast_bf16: bool = False                    # encoders' matmuls in bf16 (opt-in)
-
-    PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
 
 class AttentiveRGCNConv(RGCNConv):

@@ -55,43 +55,18 @@ Pitfalls of the reference code turned into explicit config values:
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
-from pydantic import Field
 from torch import nn
-from merc.config import ModelConfig
+from merc.configs.backbones import MMGCNConfig
 from merc.data.dataset import Batch, DatasetMeta
-from merc.models.backbones._common import (RELEASED_FFN, DenseMultimodalAdjacency, GCNIILayer,
-                                           InputWidthTransformer, Kernels, PackedAdjacency,
-                                           SequenceEncoder, bf16_autocast, dropout,
-                                           late_fusion_output)
-from merc.models.backbones.dialoguegcn import SPCL_IEMOCAP, SPCL_MELD
+from merc.models.backbones._common import (DenseMultimodalAdjacency, GCNIILayer,
+                                           InputWidthTransformer, PackedAdjacency, SequenceEncoder,
+                                           bf16_autocast, dropout, late_fusion_output)
 from merc.models.base import MercModel, Output, register_model
 from merc.models.kernels import fused as use_fused
 from merc.models.packed import Packing
-
-
-class MMGCNConfig(ModelConfig):
-    """MMGCN hyperparameters (late fusion per SPCL)."""
-
-    hidden_size: int = Field(200, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    encoder: Literal["released", "light", "mmgcn"] = "released"   # SPCL copy / lighter / original
-    encoder_layers: Optional[int] = Field(None, ge=1)   # None: 2 (released), 1 (light, mmgcn)
-    encoder_heads: Optional[int] = Field(None, ge=1)    # None: released rule (5..14) / 4 (light)
-    encoder_ff: int = Field(RELEASED_FFN, ge=1)         # released encoders' FFN width
-    gcn_layers: int = Field(2, ge=1)          # SPCL: encoder_nlayers = 2; original: 64 hard-coded
-    gcn_alpha: float = Field(0.1, ge=0.0, le=1.0)    # GCNII initial-residual weight (MMGCN 0.1)
-    gcn_lambda: float = Field(0.5, gt=0.0)           # GCNII identity-mapping lambda (MMGCN 0.5)
-    gcn_variant: Optional[bool] = None        # None: True (released, mmgcn), False (light)
-    use_speaker: bool = False                 # SPCL copy: created, never applied
-    detach_adjacency: bool = False            # original: similarities carry gradients
-    # how the same network is computed (module docstring, "Speed"); not hyperparameters
-    kernels: Kernels = "fused"                # packed encoders; "modules": padded nn modules
-    autocast_bf16: bool = False               # encoders' matmuls in bf16 (opt-in)
-
-    PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
 
 class MultimodalGraphEncoder(nn.Module):
