@@ -599,6 +599,25 @@ def _workers_started() -> Optional[int]:
         return None
 
 
+def _proc_kind(q, root_pid: int) -> str:
+    """driver / worker (Ray's Python workers: the trials) / ray (GCS, raylet, dashboard, agents,
+    monitors) / other, for the CPU split."""
+    if q.pid == root_pid:
+        return "driver"
+    cmd = " ".join(q.cmdline())
+    if "default_worker.py" in cmd or q.name().startswith("ray::"):
+        return "worker"
+    return "ray" if "ray" in cmd else "other"
+
+
+def _cpu_by_kind(cpu: dict, kind: dict) -> dict:
+    out: dict = {}
+    for pid, s in cpu.items():
+        k = kind.get(pid, "other")
+        out[k] = round(out.get(k, 0.0) + s, 1)
+    return out
+
+
 def _timed_cli(out_json: str, script: str, argv: list[str]) -> None:
     """Subprocess side: run a sweep script's main under DriverTimers (runner steps only), write
     phases to JSON, and leave the process the way that code's ``sweeps/<model>.py`` does
@@ -633,7 +652,7 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
     t0 = time.time()
     p = subprocess.Popen(cmd, cwd=work, env=env, stdout=open(work / "out.txt", "w"),
                          stderr=subprocess.STDOUT)
-    root, cpu = psutil.Process(p.pid), {}
+    root, cpu, kind = psutil.Process(p.pid), {}, {}
     while p.poll() is None:
         try:
             procs = [root] + root.children(recursive=True)
@@ -643,6 +662,8 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
             try:
                 ct = q.cpu_times()
                 cpu[q.pid] = max(cpu.get(q.pid, 0.0), ct.user + ct.system)
+                if q.pid not in kind:
+                    kind[q.pid] = _proc_kind(q, root.pid)
             except psutil.Error:
                 pass
         time.sleep(0.5)
@@ -679,6 +700,7 @@ def _one_run(label: str, code: Path, argv: list[str], work: Path, spec: Path) ->
             # how long after the first slot the last slot's first trial started (Tune staged one
             # trial at a time before session 4: an actor start-up)
             "slot_stagger_s": slot0[-1] - slot0[0] if len(slot0) > 1 else None,
+            "cpu_s_by_process": _cpu_by_kind(cpu, kind),
             "cpu_s": sum(cpu.values()), "cpu_s_per_trial": sum(cpu.values()) / len(spans),
             "trials_per_hour": 3600 * len(spans) / wall,
             "trials_per_cpu_hour": 3600 * len(spans) / max(sum(cpu.values()), 1e-9),

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
 from merc.sweep.optuna_glue import OptunaPruningScheduler, OptunaSearcher, sample
+from merc.sweep.optuna_storage import flush_all
 
 SPACE = {"lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
          "window_past": {"type": "int", "low": 1, "high": 15, "step": 1},
@@ -52,6 +53,7 @@ def test_searcher_scheduler_states(tmp_path):
     s.on_trial_complete("t3", _res(2, 55.0))
     s.on_trial_complete("t4", None, error=True)          # errored -> FAIL
     s.on_trial_complete("t5", {"val_wf1": 0.0, "epoch": 2.0, "merc_status": "diverged"})
+    flush_all()        # the driver writes the study behind (optuna_storage.py); a reader waits
     study = optuna.load_study(study_name="s", storage=s.storage_url)
     st = {t.number: t.state for t in study.trials}
     assert [st[i] for i in range(6)] == [TrialState.COMPLETE, TrialState.COMPLETE,
@@ -62,6 +64,7 @@ def test_searcher_scheduler_states(tmp_path):
     state = s.get_state()
     s.suggest("t6")
     s.set_state(state)
+    flush_all()
     assert optuna.load_study(study_name="s", storage=s.storage_url).trials[6].state == \
         TrialState.FAIL
 

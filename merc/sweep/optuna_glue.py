@@ -5,7 +5,7 @@ COMPLETE with its low-fidelity value (research/sweep_notes.md 1.8). So we do not
 
 * :class:`OptunaSearcher` is a plain Ray ``Searcher`` that drives Optuna's ask/tell interface
   itself on a *persistent* study (SQLite RDB storage under the sweep directory, one writer: the
-  driver). ``suggest`` asks a trial and samples the spec's space define-by-run; the Optuna trial
+  driver, which reads it from memory and writes it behind: :mod:`merc.sweep.optuna_storage`). ``suggest`` asks a trial and samples the spec's space define-by-run; the Optuna trial
   number travels in the Ray trial's config (``_optuna``), which is how the scheduler and the MLflow
   callback find the Optuna record (the Ray trial id is also stored as a user attribute).
   ``on_trial_complete`` tells COMPLETE with the trial's selected (best-epoch) value, FAIL for an
@@ -34,6 +34,8 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
+
+from merc.sweep.optuna_storage import WriteBehindStorage, flush_all
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -64,11 +66,12 @@ def direction(mode: str) -> str:
 
 def open_study(storage_url: str, study_name: str, direction: str = "maximize",
                sampler: Optional[dict] = None, pruner: Optional[dict] = None) -> optuna.Study:
-    """The driver's one handle on a persistent study (cached per process, created if absent)."""
+    """The driver's one handle on a persistent study (cached per process, created if absent):
+    read from memory, written behind (:mod:`merc.sweep.optuna_storage`)."""
     key = (storage_url, study_name)
     if key not in _STUDIES:
-        storage = optuna.storages.RDBStorage(
-            storage_url, engine_kwargs={"connect_args": {"timeout": 60}})
+        storage = WriteBehindStorage(optuna.storages.RDBStorage(
+            storage_url, engine_kwargs={"connect_args": {"timeout": 60}}))
         _STUDIES[key] = optuna.create_study(
             storage=storage, study_name=study_name, direction=direction, load_if_exists=True,
             sampler=make_sampler(sampler or {"type": "tpe"}), pruner=make_pruner(pruner or {}))
@@ -111,6 +114,7 @@ class JsonStateMixin:
     """Searcher checkpoints as JSON (never pickles): ``get_state`` holds plain values only."""
 
     def save(self, checkpoint_path: str) -> None:
+        flush_all()   # the persistent study holds everything this state refers to
         with open(checkpoint_path, "w") as f:
             json.dump(self.get_state(), f)
 

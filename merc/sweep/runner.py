@@ -756,8 +756,10 @@ class _Sweep:
             tuner = self.build_tuner(name, stage, configs)
         with pending_trials(self.slots()), plain_trial_actors(getattr(self, "_own_ray", False)):
             rg = tuner.fit()
+        from merc.sweep.optuna_storage import flush_all
         from merc.sweep.tracking import flush_writers
         flush_writers()          # MLflow is written from a thread (tracking.py): all of it now
+        flush_all()              # so is the Optuna study (optuna_storage.py)
         trials = rg._experiment_analysis.trials
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
         expected = len(configs) if configs is not None else (
