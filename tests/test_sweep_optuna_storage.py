@@ -62,6 +62,23 @@ def test_flushed_study_equals_what_the_driver_saw_and_a_restore_continues_it(tmp
         list(range(len(seen) + 3))
 
 
+def test_a_trial_read_is_a_copy_the_caller_may_edit(tmp_path):
+    """optuna.Trial edits the FrozenTrial it read in place while the writer thread copies the
+    stored record to the RDB storage: a read must never hand out the stored object."""
+    study = _open(f"sqlite:///{tmp_path}/optuna.db")
+    t = study.ask()
+    st = study._storage
+    held = st.get_trial(t._trial_id)
+    assert held is not st.get_trial(t._trial_id)
+    held.params["x"] = 1.0
+    held.user_attrs["y"] = 2
+    assert st.get_trial(t._trial_id).params == {} and st.get_trial(t._trial_id).user_attrs == {}
+    t.suggest_float("lr", 0.1, 1.0)
+    st.flush()
+    assert list(optuna.load_study(study_name="s", storage=st.backend.url).trials[0].params) == \
+        ["lr"]
+
+
 def test_a_second_writer_to_the_same_study_fails_the_sweep_naming_the_study(tmp_path):
     url = f"sqlite:///{tmp_path}/optuna.db"
     study = _open(url, "shared")

@@ -20,6 +20,7 @@ RDB storage numbers each new trial as memory did and fails the sweep, naming the
 from __future__ import annotations
 
 import atexit
+import copy
 import queue
 import threading
 import weakref
@@ -160,7 +161,7 @@ class WriteBehindStorage(BaseStorage):
     # ---- trials: memory first, the persistent copy behind -------------------------------------
     def create_new_trial(self, study_id: int, template_trial: Optional[FrozenTrial] = None) -> int:
         tid = self._mem.create_new_trial(study_id, template_trial)
-        made = self._mem.get_trial(tid)            # the backend copies this very record
+        made = self.get_trial(tid)                 # the backend copies this very record
         bid, name = self._study_ids[study_id], self._mem.get_study_name_from_id(study_id)
 
         def create() -> None:
@@ -194,11 +195,11 @@ class WriteBehindStorage(BaseStorage):
 
     def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._mem.set_trial_user_attr(trial_id, key, value)
-        self._write("set_trial_user_attr", trial_id, key, value)
+        self._write("set_trial_user_attr", trial_id, key, copy.deepcopy(value))
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self._mem.set_trial_system_attr(trial_id, key, value)
-        self._write("set_trial_system_attr", trial_id, key, value)
+        self._write("set_trial_system_attr", trial_id, key, copy.deepcopy(value))
 
     def get_trial_id_from_study_id_trial_number(self, study_id: int, trial_number: int) -> int:
         return self._mem.get_trial_id_from_study_id_trial_number(study_id, trial_number)
@@ -210,10 +211,13 @@ class WriteBehindStorage(BaseStorage):
         return self._mem.get_trial_param(trial_id, param_name)
 
     def get_best_trial(self, study_id: int) -> FrozenTrial:
-        return self._mem.get_best_trial(study_id)
+        return copy.deepcopy(self._mem.get_best_trial(study_id))
 
     def get_trial(self, trial_id: int) -> FrozenTrial:
-        return self._mem.get_trial(trial_id)
+        """A copy, as from an RDB storage: ``optuna.Trial`` edits the record it holds in place
+        (its params as they are suggested), and the writer thread may be reading the stored
+        one."""
+        return copy.deepcopy(self._mem.get_trial(trial_id))
 
     def get_all_trials(self, study_id: int, deepcopy: bool = True,
                        states: Optional[Container[TrialState]] = None) -> list[FrozenTrial]:
