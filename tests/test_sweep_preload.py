@@ -32,6 +32,9 @@ s.prepare()
 driver = sorted(m for m in ("torch", "torch_geometric", "merc.models.corect") if m in sys.modules)
 preload = s.worker_preload()
 s.start_ray()
+s.trainable()        # what the driver hands Tune: merc.sweep.entry.run_trial
+import merc.sweep.tracking
+driver += ["torch (Ray started)"] if "torch" in sys.modules else []
 
 @ray.remote(num_cpus=1)
 def loaded():
@@ -54,7 +57,8 @@ def test_driver_skips_torch_and_ray_workers_preload_the_trial_imports(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     # the driver resolved and checked every trial's CORECT config without torch, PyG or the
-    # model module (merc.configs holds the configs)
+    # model module (merc.configs holds the configs), planned the preload and started Ray without
+    # torch, and hands Tune a trial function that imports it in the worker only
     assert got["driver"] == []
     # CORECT's fused path holds PyG's parameters without PyG (merc.models.pyg_layout)
     assert got["preload"] == ["merc.sweep.trainable", "merc.models.corect"]

@@ -71,3 +71,8 @@ def test_wheel_installed_script_runs_a_study(tmp_path, ray_local):
     pids = {json.loads(ln)["pid"] for f in (tmp_path / "ray_results").glob("*/*/result.json")
             for ln in f.read_text().splitlines() if ln.strip()}
     assert 1 <= len(pids) <= 2, pids
+    # Tune's JSON and CSV result files, no TensorBoard event files (tensorboardX imports torch
+    # into the driver; MLflow is the record)
+    trial_dirs = [f.parent for f in (tmp_path / "ray_results").glob("*/*/result.json")]
+    assert len(trial_dirs) == 4 and all((d / "progress.csv").is_file() for d in trial_dirs)
+    assert not list((tmp_path / "ray_results").glob("*/*/events.out.tfevents*"))

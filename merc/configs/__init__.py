@@ -22,6 +22,16 @@ MODEL_CONFIGS = {
     "ada2i": "merc.configs.ada2i:Ada2IConfig",
     "micga": "merc.configs.micga:MicgaConfig",
 }
+#: model registry name -> the module that defines and registers the network (merc.models)
+MODEL_MODULES = {"corect": "merc.models.corect", "dialoguegcn": "merc.models.backbones.dialoguegcn",
+                 "biddin": "merc.models.backbones.biddin", "mmgcn": "merc.models.backbones.mmgcn",
+                 "mmdfn": "merc.models.backbones.mmdfn", "multidag": "merc.models.multidag",
+                 "ada2i": "merc.models.ada2i", "micga": "merc.models.micga"}
+#: what building a model imports beyond its module: PyG, imported when the model is built so that
+#: validating a config (a sweep's driver) does not pay for it; a sweep's Ray workers preload it.
+#: (CORECT builds PyG's modules only for ``kernels="modules"``; its default fused path holds their
+#: parameters in :mod:`merc.models.pyg_layout`, without PyG.)
+BUILD_IMPORTS = {"micga": ("torch_geometric.nn",)}
 #: strategy name -> "module:class" of its config
 STRATEGY_CONFIGS = {
     "none": "merc.configs.strategies:NoConfig",
@@ -61,5 +71,5 @@ def strategy_keys(exclude: str = "none") -> set[str]:
             for k in strategy_config_cls(n).model_fields}
 
 
-__all__ = ["MODEL_CONFIGS", "STRATEGY_CONFIGS", "model_config_cls", "strategy_config_cls",
+__all__ = ["BUILD_IMPORTS", "MODEL_CONFIGS", "MODEL_MODULES", "STRATEGY_CONFIGS", "model_config_cls", "strategy_config_cls",
            "strategy_keys"]

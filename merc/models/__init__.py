@@ -1,24 +1,16 @@
 """Model registry: ``build_model(name, config, meta)``; every model module registers itself.
 
-Lazy: ``get_entry(name)`` imports only the module of ``name`` (a sweep's driver validating a
-CORECT spec, or a trial worker building one, does not import the seven other models; a model
-without PyG then never imports PyG). ``model_names()`` and an unknown name import them all."""
+Lazy: ``get_entry(name)`` imports only the module of ``name`` (a trial worker building a CORECT
+model does not import the seven other models; a model without PyG then never imports PyG; a
+sweep's driver imports none: it validates with :mod:`merc.configs`). ``model_names()`` and an unknown name import them all."""
 from __future__ import annotations
 
 import importlib
 
+# model name -> the module that registers it, and what building a model imports beyond its
+# module: both in merc.configs, which a sweep's driver reads without torch (the workers' preload)
+from merc.configs import BUILD_IMPORTS, MODEL_MODULES as MODULES  # noqa: F401
 from merc.models.base import REGISTRY, MercModel, ModelEntry, Output, register_model
-
-#: model name -> the module that registers it (importing it fills REGISTRY[name])
-MODULES = {"corect": "merc.models.corect", "dialoguegcn": "merc.models.backbones.dialoguegcn",
-           "biddin": "merc.models.backbones.biddin", "mmgcn": "merc.models.backbones.mmgcn",
-           "mmdfn": "merc.models.backbones.mmdfn", "multidag": "merc.models.multidag",
-           "ada2i": "merc.models.ada2i", "micga": "merc.models.micga"}
-#: what building a model imports beyond its module: PyG, imported when the model is built so that
-#: validating a config (a sweep's driver) does not pay for it; a sweep's Ray workers preload it.
-#: (CORECT builds PyG's modules only for ``kernels="modules"``; its default fused path holds their
-#: parameters in :mod:`merc.models.pyg_layout`, without PyG.)
-BUILD_IMPORTS = {"micga": ("torch_geometric.nn",)}
 
 
 def _load_all() -> None:

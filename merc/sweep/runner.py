@@ -598,7 +598,7 @@ class _Sweep:
                               else os.cpu_count() or 1)
         if o.gpus_per_trial or self._slots_of(ncpu, 0.0) < ncpu:    # (GPUs: unknown before Ray)
             return []
-        from merc.models import BUILD_IMPORTS, MODULES
+        from merc.configs import BUILD_IMPORTS, MODEL_MODULES as MODULES
         mods = ["merc.sweep.trainable"]
         for m in self.study_models():
             mods += [MODULES[m]] if m in MODULES else []
@@ -662,7 +662,7 @@ class _Sweep:
         """run_trial with its resources and the dataset shipped to every node (the driver's
         local path means nothing on another node: :mod:`merc.sweep.datashipping`)."""
         from ray import tune
-        from merc.sweep.trainable import run_trial
+        from merc.sweep.entry import run_trial
         res = {"cpu": self.o.cpus_per_trial}
         if self.o.gpus_per_trial:
             res["gpu"] = self.o.gpus_per_trial
@@ -675,6 +675,7 @@ class _Sweep:
 
     def build_tuner(self, name: str, stage: str, configs: Optional[list[dict]] = None):
         from ray import tune
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
         from merc.sweep.optuna_glue import GridSearcher, OptunaPruningScheduler, OptunaSearcher
         from merc.sweep.tracking import MercMLflowCallback
         spec, o = self.spec, self.o
@@ -727,7 +728,9 @@ class _Sweep:
                 reuse_actors=True,
                 trial_dirname_creator=lambda t: f"{t.trial_id}"),
             run_config=tune.RunConfig(
-                name=name, storage_path=self.storage, callbacks=[cb], verbose=max(0, o.verbose - 1),
+                name=name, storage_path=self.storage, verbose=max(0, o.verbose - 1),
+                # Tune's JSON and CSV result files, not its TensorBoard logger (run_stage)
+                callbacks=[cb, JsonLoggerCallback(), CSVLoggerCallback()],
                 failure_config=tune.FailureConfig(max_failures=o.retries),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
         return tuner
@@ -737,6 +740,11 @@ class _Sweep:
         # CheckpointConfig(num_to_keep=1) forces an experiment snapshot per trial checkpoint, by
         # design (one checkpoint on disk per trial); Ray warns about it each time unless this is 0
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        # Tune adds a TensorBoard logger per trial unless this is set: tensorboardX imports torch
+        # (~2 CPU-s in the driver, which otherwise never imports it, before the first trial) and
+        # writes an event file per result; MLflow is this tool's record (build_tuner keeps the
+        # JSON and CSV loggers)
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         if self.o.verbose <= 1:   # our one line per trial event (tracking.py) instead of Ray's
             # output engine, which prints its header box even at verbose=0
             os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -921,7 +929,7 @@ class _Sweep:
 
     def _typed_params(self, row) -> dict:
         """A search trial's flat config, exactly as Ray ran it (from the restored trial list)."""
-        from merc.sweep.trainable import flat_of
+        from merc.sweep.entry import flat_of
         cfg = self.trial_configs.get(row.trial_id)
         if cfg is None:
             raise SpecError(f"confirm: trial {row.trial_id} of run {row.run_id} is not in the "

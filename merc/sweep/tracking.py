@@ -42,7 +42,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
-from merc.sweep.trainable import MODEL_FILE, flat_of
+from merc.sweep.entry import MODEL_FILE, flat_of
 
 log = logging.getLogger(__name__)
 

@@ -33,14 +33,9 @@ from typing import Any
 import torch
 from ray import tune
 
+from merc.sweep.entry import MODEL_FILE, STATE_FILE, flat_of  # noqa: F401 (also the API here)
+
 _DATA_CACHE: dict[tuple, Any] = {}
-STATE_FILE = "state.pt"
-MODEL_FILE = "model.pt"
-
-
-def flat_of(config: dict) -> dict[str, Any]:
-    """The model/train keys of a trial config (bookkeeping keys dropped)."""
-    return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
 def open_data(root: str, train) -> Any:
