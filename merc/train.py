@@ -19,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
 from merc.config import ModelConfig
 from merc.configs.train import TrainConfig, resolve_config  # noqa: F401 (merc.train API)
 from merc.data.dataset import Batch, DialogueSplit, MercData

@@ -5,8 +5,9 @@ COMPLETE with its low-fidelity value (research/sweep_notes.md 1.8). So we do not
 
 * :class:`OptunaSearcher` is a plain Ray ``Searcher`` that drives Optuna's ask/tell interface
   itself on a *persistent* study (SQLite RDB storage under the sweep directory, one writer: the
-  driver, which reads it from memory and writes it behind: :mod:`merc.sweep.optuna_storage`). ``suggest`` asks a trial and samples the spec's space define-by-run; the Optuna trial
-  number travels in the Ray trial's config (``_optuna``), which is how the scheduler and the MLflow
+  driver, which reads it from memory and writes it behind: :mod:`merc.sweep.optuna_storage`).
+  ``suggest`` asks a trial and samples the spec's space define-by-run; the Optuna trial number
+  travels in the Ray trial's config (``_optuna``), which is how the scheduler and the MLflow
   callback find the Optuna record (the Ray trial id is also stored as a user attribute).
   ``on_trial_complete`` tells COMPLETE with the trial's selected (best-epoch) value, FAIL for an
   errored or diverged trial, PRUNED for a trial that a Ray scheduler (ASHA) stopped early - and
