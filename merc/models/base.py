@@ -56,7 +56,9 @@ REGISTRY: dict[str, ModelEntry] = {}
 
 
 def register_model(name: str, config_cls: type[ModelConfig], paper: str = ""):
-    """Class decorator: make a model buildable by name (``merc train NAME``, sweeps)."""
+    """Class decorator: make a model buildable by name (``merc train NAME``, sweeps). The config
+    class lives in :mod:`merc.configs` (torch-free, listed in ``MODEL_CONFIGS``) and the module in
+    ``merc.configs.MODEL_MODULES``: a sweep's driver validates and plans with those alone."""
 
     def deco(cls):
         REGISTRY[name] = ModelEntry(name, config_cls, cls, paper)

@@ -23,6 +23,8 @@ _MODULES = ["merc.strategies.spcl", "merc.strategies.bucket_cl", "merc.strategie
 
 
 def register_strategy(name: str, config_cls: type[StrictConfig]):
+    """Class decorator: a training strategy by name; its config class lives in
+    :mod:`merc.configs.strategies` (listed in ``merc.configs.STRATEGY_CONFIGS``)."""
     def deco(cls):
         STRATEGIES[name] = (cls, config_cls)
         return cls
