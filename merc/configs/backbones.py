@@ -88,22 +88,6 @@ class MMGCNConfig(ModelConfig):
     PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
 
 
-class MMDFNConfig(ModelConfig):
-    """MM-DFN hyperparameters (late fusion per SPCL)."""
-
-    hidden_size: int = Field(200, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    encoder: Literal["released", "light", "mmgcn"] = "released"   # SPCL copy / lighter / original
-    encoder_layers: Optional[int] = Field(None, ge=1)   # None: 2 (released), 1 (light, mmgcn)
-    encoder_heads: Optional[int] = Field(None, ge=1)    # None: released rule (5..14) / 4 (light)
-    encoder_ff: int = Field(RELEASED_FFN, ge=1)         # released encoders' FFN width
-    gcn_layers: int = Field(2, ge=1)          # SPCL: 2; MM-DFN scripts: 16 / 32
-    gcn_alpha: float = Field(0.1, ge=0.0, le=1.0)
-    gcn_lambda: float = Field(0.5, gt=0.0)
-    gcn_variant: Optional[bool] = None        # None: True (released, mmgcn), False (light)
-    use_speaker: bool = False                 # SPCL copy: created, never applied
-    detach_adjacency: bool = False
-    kernels: Kernels = "fused"                # as MMGCN: packed encoders / padded nn modules
-    autocast_bf16: bool = False               # encoders' matmuls in bf16 (opt-in)
-
-    PAPER_DEFAULTS = {"iemocap6": SPCL_IEMOCAP, "iemocap4": SPCL_IEMOCAP, "meld": SPCL_MELD}
+class MMDFNConfig(MMGCNConfig):
+    """MM-DFN hyperparameters (late fusion per SPCL): MMGCN's keys and defaults (MM-DFN is MMGCN's
+    graph with gated fusion; its scripts use ``gcn_layers`` 16 / 32, SPCL 2)."""

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from merc.data.format import LETTER_TO_MODALITY, MODALITIES, SUBSETS  # noqa: F401
+from merc.data.format import LETTER_TO_MODALITY, MODALITIES
 
 
 def parse_modalities(spec: str | Sequence[str]) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from ray import tune
 
-from merc.sweep.entry import MODEL_FILE, STATE_FILE, flat_of  # noqa: F401 (also the API here)
+from merc.sweep.entry import MODEL_FILE, STATE_FILE, flat_of
 
 _DATA_CACHE: dict[tuple, Any] = {}
 
