@@ -244,8 +244,11 @@ def _in_dist(v: Any, d: dict) -> bool:
 def _prefetch_reporting(search: bool = False) -> None:
     """Import what the end of the sweep needs (matplotlib, the report module; for a study
     scipy.stats, its paired tests; for a search Optuna's importance and plotting modules) in a
-    thread while the trials run, instead of after the last one (~1 s of the fixed cost per sweep,
-    ~1.5 s more for a study, ~2 s more for a search)."""
+    thread, instead of after the last trial (~1 s of the fixed cost per sweep, ~1.5 s more for a
+    study, ~2 s more for a search). Started when the driver's set-up is done and Ray may still be
+    starting: on 2 cores that leaves ~1 s of both idle, while from the moment Ray is up its
+    workers import the trial's modules (torch, Ray Tune, merc) and ~1.5 CPU-s of imports beside
+    them delay the first trials."""
     import threading
 
     def load() -> None:
@@ -951,6 +954,9 @@ class _Sweep:
         self.setup_tracking()
         if not self.study:
             self.open_search_study()
+        # (in the ~1 s that Ray's start leaves both cores idle on a 2-core machine, not beside
+        # the workers' imports of the first trials)
+        _prefetch_reporting(search=not self.study)
         self.join_ray()
         self.p(f"[merc] sweep {self.name}: {'/'.join(self.study_models())} {self.kind} on "
                f"{self.dataset} "
@@ -964,7 +970,6 @@ class _Sweep:
             [], metric, runs_view_url(self.tracking_uri, self.exp_id, "", metric, mode)))
         self.p(f"[merc] runs table (MLflow UI): {self.view_url}")
         configs = self.study_configs() if self.study else None
-        _prefetch_reporting(search=not self.study)
         _, trials, interrupted = self.run_stage(self.name, self.kind if self.study else "search",
                                                 configs)
         self.trial_configs = {t.trial_id: t.config for t in trials}
