@@ -190,3 +190,29 @@ def test_validating_every_shipped_spec_imports_no_torch():
                          timeout=120)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_report_prefetch_runs_while_ray_starts_then_waits_for_the_first_result():
+    """The end-of-sweep imports use the idle time of Ray's start; once Ray is up they wait for the
+    first trial result instead of competing with the workers' imports and Tune's start."""
+    code = (
+        "import json, sys, threading, time\n"
+        "from merc.sweep import runner, tracking\n"
+        "ray_up = threading.Event(); ray_up.set()\n"
+        "runner._prefetch_reporting(search=False, ray_up=ray_up)\n"
+        "time.sleep(1.0)\n"
+        "before = 'scipy.stats' in sys.modules or 'matplotlib.pyplot' in sys.modules\n"
+        "tracking.TRIALS_RUNNING.set()\n"
+        "t = [x for x in threading.enumerate() if x.name == 'merc-prefetch'][0]\n"
+        "t.join(60)\n"
+        "after = 'scipy.stats' in sys.modules and 'matplotlib.pyplot' in sys.modules\n"
+        "runner._prefetch_reporting(search=True)            # Ray not up: no waiting\n"
+        "[x for x in threading.enumerate() if x.name == 'merc-prefetch'][0].join(60)\n"
+        "print(json.dumps([before, after, 'optuna.importance' in sys.modules,\n"
+        "                  sys.modules['matplotlib'].get_backend()]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    before, after, search_mods, backend = json.loads(out.strip().splitlines()[-1])
+    assert before is False and after is True
+    assert search_mods is True
+    assert backend.lower() == "agg"

@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import functools
+import importlib
 import json
 import logging
 import math
@@ -29,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,27 +243,30 @@ def _in_dist(v: Any, d: dict) -> bool:
         return False
 
 
-def _prefetch_reporting(search: bool = False) -> None:
+def _prefetch_reporting(search: bool = False,
+                        ray_up: Optional[threading.Event] = None) -> None:
     """Import what the end of the sweep needs (matplotlib, the report module; for a study
     scipy.stats, its paired tests; for a search Optuna's importance and plotting modules) in a
     thread, instead of after the last trial (~1 s of the fixed cost per sweep, ~1.5 s more for a
-    study, ~2 s more for a search). Started when the driver's set-up is done and Ray may still be
-    starting: on 2 cores that leaves ~1 s of both idle, while from the moment Ray is up its
-    workers import the trial's modules (torch, Ray Tune, merc) and ~1.5 CPU-s of imports beside
-    them delay the first trials."""
-    import threading
+    study, ~2 s more for a search).
+
+    When: started once the driver's set-up is done, each import runs while Ray is still starting
+    (on 2 cores that leaves ~1 s of both idle); once ``ray_up`` is set, the rest waits for the
+    first trial result (``tracking.TRIALS_RUNNING``). In between, the workers import the trial's
+    modules (torch, Ray Tune, merc) and the driver starts Tune, and ~1.5 CPU-s of imports beside
+    them (holding the GIL that Tune's start needs) delayed the first trials."""
+    mods = ["matplotlib", "matplotlib.pyplot", "merc.sweep.report"] + (
+        ["optuna.importance", "optuna.visualization.matplotlib"] if search else ["scipy.stats"])
 
     def load() -> None:
+        from merc.sweep.tracking import TRIALS_RUNNING
         try:
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot  # noqa: F401
-            import merc.sweep.report  # noqa: F401
-            if search:
-                import optuna.importance  # noqa: F401
-                import optuna.visualization.matplotlib  # noqa: F401
-            else:
-                import scipy.stats  # noqa: F401
+            for m in mods:
+                if ray_up is not None and ray_up.is_set():
+                    TRIALS_RUNNING.wait(timeout=600)
+                importlib.import_module(m)
+                if m == "matplotlib":
+                    sys.modules[m].use("Agg")
         except Exception:  # noqa: BLE001 - imported again (and reported) where it is used
             pass
     threading.Thread(target=load, name="merc-prefetch", daemon=True).start()
@@ -954,9 +959,8 @@ class _Sweep:
         self.setup_tracking()
         if not self.study:
             self.open_search_study()
-        # (in the ~1 s that Ray's start leaves both cores idle on a 2-core machine, not beside
-        # the workers' imports of the first trials)
-        _prefetch_reporting(search=not self.study)
+        # (as far as it gets while Ray starts; the rest once the trials run)
+        _prefetch_reporting(search=not self.study, ray_up=self._ray_started)
         self.join_ray()
         self.p(f"[merc] sweep {self.name}: {'/'.join(self.study_models())} {self.kind} on "
                f"{self.dataset} "

@@ -263,6 +263,10 @@ def run_name(point: Optional[str], seed: Any, *, study: str = "", stage: str = "
 #: snapshot write them at once)
 BATCH_S = 2.0
 
+#: set at the first trial result any sweep of this process receives: the driver's optional work
+#: waits for it rather than compete with the start of the first trials (runner._prefetch_reporting)
+TRIALS_RUNNING = threading.Event()
+
 #: callbacks whose writer thread has started (flush_writers waits for them)
 _WRITERS: "weakref.WeakSet[MercMLflowCallback]" = weakref.WeakSet()
 
@@ -495,6 +499,7 @@ class MercMLflowCallback(Callback):
                 self._say(f"start  {self._run_name(trial)[:60]}")
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        TRIALS_RUNNING.set()
         if "merc_status" not in result:
             self._submit(self._result, self._snapshot(trial), dict(result))
 
