@@ -11,6 +11,15 @@ import sys
 import pytest
 
 
+def _last_json(code: str, *args: str):
+    """Run ``code`` in a fresh interpreter (what it imports is what the test looks at) and return
+    the JSON of its last stdout line; its stderr on failure."""
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def test_registry_imports_only_the_model_asked_for():
     code = ("import json, sys\n"
             "from merc.models import get_entry, model_names\n"
@@ -19,9 +28,7 @@ def test_registry_imports_only_the_model_asked_for():
             "              m not in ('merc.models.base',))\n"
             "pyg = 'torch_geometric' in sys.modules\n"
             "print(json.dumps([mods, pyg, model_names()]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    mods, pyg, names = json.loads(out.strip().splitlines()[-1])
+    mods, pyg, names = _last_json(code)
     assert mods == ["merc.models.multidag"]
     assert pyg is False                     # multidag does not use PyG
     assert names == sorted(["corect", "dialoguegcn", "biddin", "mmgcn", "mmdfn", "multidag",
@@ -186,10 +193,7 @@ def test_validating_every_shipped_spec_imports_no_torch():
             "        resolve_config(m, {}, fam)\n"
             "print(json.dumps(sorted(m for m in ('torch', 'torch_geometric', 'sklearn', 'ray',\n"
             "                                    'mlflow') if m in sys.modules)))\n")
-    out = subprocess.run([sys.executable, "-c", code, *specs], capture_output=True, text=True,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+    assert _last_json(code, *specs) == []
 
 
 def test_report_prefetch_runs_while_ray_starts_then_waits_for_the_first_result():
@@ -210,9 +214,7 @@ def test_report_prefetch_runs_while_ray_starts_then_waits_for_the_first_result()
         "[x for x in threading.enumerate() if x.name == 'merc-prefetch'][0].join(60)\n"
         "print(json.dumps([before, after, 'optuna.importance' in sys.modules,\n"
         "                  sys.modules['matplotlib'].get_backend()]))\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    before, after, search_mods, backend = json.loads(out.strip().splitlines()[-1])
+    before, after, search_mods, backend = _last_json(code)
     assert before is False and after is True
     assert search_mods is True
     assert backend.lower() == "agg"

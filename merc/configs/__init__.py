@@ -2,8 +2,9 @@
 
 The networks and strategies (:mod:`merc.models`, :mod:`merc.strategies`) import torch; their
 configs live here so that what only validates - a sweep's driver checking a spec and every
-trial's resolved config before Ray starts - does not pay ~2 CPU-s for importing torch. Each model and strategy module imports its config from here (the registries pair them;
-``tests/test_configs.py`` checks that the names and classes agree).
+trial's resolved config before Ray starts - does not pay ~2 CPU-s for importing torch. Each
+model and strategy module imports its config from here (the registries pair them;
+``tests/test_sweep_throughput_setup.py`` checks that the names and classes agree).
 """
 from __future__ import annotations
 
@@ -71,5 +72,5 @@ def strategy_keys(exclude: str = "none") -> set[str]:
             for k in strategy_config_cls(n).model_fields}
 
 
-__all__ = ["BUILD_IMPORTS", "MODEL_CONFIGS", "MODEL_MODULES", "STRATEGY_CONFIGS", "model_config_cls", "strategy_config_cls",
-           "strategy_keys"]
+__all__ = ["BUILD_IMPORTS", "MODEL_CONFIGS", "MODEL_MODULES", "STRATEGY_CONFIGS",
+           "model_config_cls", "strategy_config_cls", "strategy_keys"]

@@ -2,7 +2,8 @@
 
 Lazy: ``get_entry(name)`` imports only the module of ``name`` (a trial worker building a CORECT
 model does not import the seven other models; a model without PyG then never imports PyG; a
-sweep's driver imports none: it validates with :mod:`merc.configs`). ``model_names()`` and an unknown name import them all."""
+sweep's driver imports none: it validates with :mod:`merc.configs`). ``model_names()`` and an
+unknown name import them all."""
 from __future__ import annotations
 
 import importlib

@@ -593,9 +593,10 @@ class _Sweep:
 
     def worker_preload(self) -> list[str]:
         """What a trial imports (the trainable, torch, Ray Tune, the study's model modules and
-        what building them imports: ``BUILD_IMPORTS``), for this sweep's local Ray to import into every worker as it starts: the workers
-        Ray prestarts then import while the driver sets up MLflow, not after the Tuner placed the
-        first trials on them (~4 s per slot before the first epoch). Best effort: a module that
+        what building them imports: ``BUILD_IMPORTS``), for this sweep's local Ray to import into
+        every worker as it starts: the workers Ray prestarts then import while the driver sets up
+        MLflow, not after the Tuner placed the first trials on them (~4 s per slot before the
+        first epoch). Best effort: a module that
         fails to import here is imported (and fails) again in the trial.
 
         Nothing when some prestarted workers would idle: Ray prestarts one worker per CPU, and an
